@@ -1,0 +1,166 @@
+"""Data sets as whole uint8 tensors, and a loader that batches and augments them on the device.
+
+Every ``load_*`` function returns ``(train, test)``, each an ``ImageSet`` of uint8 images
+(N, C, H, W) and int64 labels. Image size, channels, classes and normalisation live in the
+data config (conf/data/*.yaml), never in a model.
+"""
+
+import gzip
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitsweep.errors import ConfigError
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8, (N, C, H, W)
+    labels: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int | None) -> "ImageSet":
+        """The first ``n`` examples (all of them when ``n`` is None)."""
+        return self if n is None else ImageSet(self.images[:n], self.labels[:n])
+
+
+def _from_torchvision(dataset) -> ImageSet:
+    images = torch.as_tensor(np.asarray(dataset.data))
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
+    return ImageSet(images.contiguous(), labels)
+
+
+def load_digits(image_size: int = 32, test_fraction: float = 0.2) -> tuple[ImageSet, ImageSet]:
+    """scikit-learn's bundled 8x8 digits, upsampled to ``image_size`` and repeated to RGB."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = sklearn_digits()
+    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=image_size, mode="bilinear", align_corners=False)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    labels = torch.as_tensor(digits.target, dtype=torch.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=test_fraction, random_state=0, stratify=digits.target
+    )
+    split = (torch.as_tensor(train_idx), torch.as_tensor(test_idx))
+    return tuple(ImageSet(images[i].contiguous(), labels[i]) for i in split)  # type: ignore[return-value]
+
+
+def _missing(name: str, root: str, err: Exception, fix: str) -> ConfigError:
+    return ConfigError(f"{name} not found in '{root}' and could not be downloaded ({err}); {fix}")
+
+
+def load_cifar10(root: str = "data", download: bool = True) -> tuple[ImageSet, ImageSet]:
+    """CIFAR-10 through torchvision, downloaded into ``root`` on first use."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        train, test = (CIFAR10(root, train=t, download=download) for t in (True, False))
+    except (RuntimeError, OSError) as err:
+        fix = "put cifar-10-python.tar.gz there, set data.root, or use data=digits offline"
+        raise _missing("CIFAR-10", root, err, fix) from None
+    return _from_torchvision(train), _from_torchvision(test)
+
+
+def _copy_system_fashion_mnist(system_dir: Path, root: Path) -> None:
+    """torchvision wants the four idx files decompressed in <root>/FashionMNIST/raw."""
+    raw = root / "FashionMNIST" / "raw"
+    for gz in sorted(system_dir.glob("*-ubyte.gz")):
+        target = raw / gz.name.removesuffix(".gz")
+        if not target.exists():
+            raw.mkdir(parents=True, exist_ok=True)
+            with gzip.open(gz) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def load_fashion_mnist(
+    root: str = "data", download: bool = True, system_dir: str | None = None
+) -> tuple[ImageSet, ImageSet]:
+    """Fashion-MNIST through torchvision, from Debian's package files when they are there."""
+    from torchvision.datasets import FashionMNIST
+
+    if system_dir and Path(system_dir).is_dir():
+        _copy_system_fashion_mnist(Path(system_dir), Path(root))
+    try:
+        train, test = (FashionMNIST(root, train=t, download=download) for t in (True, False))
+    except (RuntimeError, OSError) as err:
+        fix = "run `apt-get install dataset-fashion-mnist`, set data.root, or use data=digits"
+        raise _missing("Fashion-MNIST", root, err, fix) from None
+    return _from_torchvision(train), _from_torchvision(test)
+
+
+class DeviceLoader:
+    """Batches of a uint8 ``ImageSet`` kept whole on the training device.
+
+    Shuffling is a device-side permutation; augmentation (random crop with zero padding and
+    horizontal flip, each drawn per image) and normalisation run on whole batches, so there
+    are no worker processes and no per-image Python. Seeded: the same seed gives the same
+    batches, epoch after epoch.
+    """
+
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+        train: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        pad: int = 4,
+    ) -> None:
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.augment = augment and train
+        self.pad = pad
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        n, b = len(self.labels), self.batch_size
+        # Training drops a ragged last batch (a batch of 1 upsets statistics); eval keeps all.
+        return max(n // b, 1) if self.train else -(-n // b)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = (
+            torch.randperm(n, device=self.labels.device, generator=self.generator)
+            if self.train
+            else torch.arange(n, device=self.labels.device)
+        )
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            images = self.images[idx]
+            if self.augment:
+                images = random_flip(random_crop(images, self.pad, self.generator), self.generator)
+            yield (images.float() - self.mean) / self.std, self.labels[idx]
+
+
+def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``pad`` and cut a random window of the original size from each image."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b, 1), device=images.device, generator=generator)
+    rows = (dy + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
+    cols = (dx + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)

@@ -1,0 +1,63 @@
+"""Image-to-token embeddings. Each is one ``nn.Module`` mapping ``(B, C, H, W) -> (B, N, D)``.
+
+Every class takes ``in_channels``, ``dim`` and ``image_size`` (the model passes them from the
+data config) and exposes ``num_tokens``, which the model needs to size its positional table.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitsweep.errors import ConfigError
+
+
+def token_grid(image_size: int, patch_size: int) -> int:
+    """Tokens along one side of the image; the patch must tile the image exactly."""
+    if patch_size < 1 or image_size % patch_size:
+        raise ConfigError(
+            f"image size {image_size} is not divisible by model.embedding.patch_size={patch_size}"
+        )
+    return image_size // patch_size
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping p x p patches, flattened channel-first (C*p*p), then one Linear."""
+
+    def __init__(self, in_channels: int, dim: int, image_size: int, patch_size: int = 2) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.num_tokens = token_grid(image_size, patch_size) ** 2
+        self.proj = nn.Linear(in_channels * patch_size**2, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        patches = F.unfold(x, kernel_size=p, stride=p)  # (B, C*p*p, N), channel-first
+        return self.proj(patches.transpose(1, 2))
+
+
+class ConvEmbedding(nn.Module):
+    """The seed's CNN stem: 3x3 convs with ReLU, one token per pixel.
+
+    ``patch_size`` is the stride of the last conv: 1 (the seed) keeps a token per pixel,
+    p > 1 leaves one token per p x p patch for the same parameters.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        dim: int,
+        image_size: int,
+        channels: tuple[int, ...] = (32, 64),
+        patch_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self.num_tokens = token_grid(image_size, patch_size) ** 2
+        widths = (in_channels, *channels, dim)
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(widths, widths[1:])):
+            stride = patch_size if i == len(widths) - 2 else 1
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
+        self.stem = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x).flatten(2).transpose(1, 2)

@@ -1,0 +1,87 @@
+"""Experiment trackers: Weights & Biases, or nothing. Both have the same three methods.
+
+A tracker never stops training: any W&B failure becomes one warning and the run carries on
+without it (the local run record in the run directory is written regardless).
+"""
+
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+
+class NullTracker:
+    """Logs nothing; for `logger=none` and for tests that don't test W&B."""
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker(NullTracker):
+    """One W&B run per job; `reinit="finish_previous"` keeps multirun jobs apart."""
+
+    def __init__(
+        self,
+        run_config: dict[str, Any],
+        run_dir: Path,
+        project: str = "vitsweep",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: Iterable[str] = (),
+        mode: str = "offline",
+        name: str | None = None,
+    ) -> None:
+        self.run = None
+        try:
+            import wandb
+
+            self.run = wandb.init(
+                project=project,
+                entity=entity,
+                group=group,
+                tags=list(tags),
+                name=name or None,
+                mode=mode,
+                config=run_config,
+                dir=str(run_dir),
+                reinit="finish_previous",
+                settings=wandb.Settings(silent=True),
+            )
+        except Exception as err:  # no account, no network, bad settings: train without W&B
+            self._give_up(err)
+
+    def _give_up(self, err: Exception) -> None:
+        warnings.warn(f"W&B disabled for this run: {err}", stacklevel=3)
+        self.run = None
+
+    def _call(self, method: Callable[[], Any]) -> None:
+        if self.run is None:
+            return
+        try:
+            method()
+        except Exception as err:
+            self._give_up(err)
+
+    @property
+    def directory(self) -> Path | None:
+        """Where W&B writes this run (for offline runs: what `wandb sync` uploads)."""
+        return None if self.run is None else Path(self.run.dir).parent
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._call(lambda: self.run.log(metrics, step=step))
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self._call(lambda: self.run.summary.update(values))
+
+    def finish(self, exit_code: int = 0) -> None:
+        self._call(lambda: self.run.finish(exit_code=exit_code))
+        self.run = None
