@@ -22,6 +22,13 @@ class ConfigError(ValueError):
     """A configuration or input problem the user can fix; the message names the fix."""
 
 
+def find_config_error(err: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind ``err``, also when Hydra's instantiate wrapped it."""
+    while err is not None and not isinstance(err, ConfigError):
+        err = err.__cause__
+    return err
+
+
 @contextlib.contextmanager
 def reported_failures(record: RunRecord, multirun: bool) -> Iterator[None]:
     """Record why a run stopped, and tell the user in one line when it was their input.
@@ -32,16 +39,16 @@ def reported_failures(record: RunRecord, multirun: bool) -> Iterator[None]:
     """
     try:
         yield
-    except ConfigError as err:
-        record.update(status="failed", error=str(err))
-        log.error("error: %s", err)
-        if not multirun:
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
     except KeyboardInterrupt:
         record.update(status="interrupted")
         raise
     except Exception as err:
+        if (config_error := find_config_error(err)) is not None:
+            record.update(status="failed", error=str(config_error))
+            print(f"error: {config_error}", file=sys.stderr)
+            if not multirun:
+                raise SystemExit(2) from None
+            return
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
         if not multirun:
             raise

@@ -1,0 +1,115 @@
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitsweep.data import (
+    DeviceLoader,
+    ImageSet,
+    load_digits,
+    load_fashion_mnist,
+    random_crop,
+    random_flip,
+)
+
+CPU = torch.device("cpu")
+
+
+def test_digits_is_a_fixed_stratified_split_of_32px_rgb():
+    train, test = load_digits()
+    assert (len(train), len(test)) == (1437, 360)
+    assert train.images.shape[1:] == (3, 32, 32) and train.images.dtype == torch.uint8
+    assert torch.equal(train.labels, load_digits()[0].labels)
+    assert set(test.labels.tolist()) == set(range(10))
+
+
+def test_digits_mean_and_std_match_the_config(make_config):
+    cfg = make_config(["data=digits"])
+    pixels = load_digits()[0].images.float() / 255
+    assert pixels.mean().item() == pytest.approx(cfg.data.mean[0], abs=1e-3)
+    assert pixels.std().item() == pytest.approx(cfg.data.std[0], abs=1e-3)
+
+
+def _column_images(n: int, size: int = 8) -> torch.Tensor:
+    """Each pixel holds its column number + 1 and its row number * 16, so every crop offset
+    and every flip leaves a different picture; 0 only where padding came in."""
+    cols = torch.arange(1, size + 1).view(1, 1, 1, size)
+    rows = torch.arange(size).view(1, 1, size, 1) * 16
+    return (cols + rows).expand(n, 1, size, size).to(torch.uint8).contiguous()
+
+
+def test_random_crop_is_a_window_of_the_padded_image():
+    images = _column_images(64)
+    g = torch.Generator().manual_seed(0)
+    crops = random_crop(images, pad=4, generator=g)
+    padded = F.pad(images, (4, 4, 4, 4))
+    offsets = set()
+    for crop, full in zip(crops, padded):
+        matches = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.equal(crop, full[:, dy : dy + 8, dx : dx + 8])
+        ]
+        assert len(matches) == 1  # within bounds, and exactly one window
+        offsets.add(matches[0])
+    assert len(offsets) > 20  # the offsets really vary
+
+
+def test_random_flip_mirrors_about_half():
+    images = _column_images(4000)
+    flipped = random_flip(images, torch.Generator().manual_seed(0))
+    mirrored = (flipped == images.flip(-1)).flatten(1).all(1)
+    unchanged = (flipped == images).flatten(1).all(1)
+    assert (mirrored ^ unchanged).all()
+    assert 0.45 < mirrored.float().mean().item() < 0.55
+
+
+def test_loader_keeps_labels_with_their_images_and_is_seeded():
+    n = 100
+    labels = torch.arange(n)
+    images = labels.view(n, 1, 1, 1).expand(n, 1, 4, 4).to(torch.uint8).contiguous()
+    data = ImageSet(images, labels)
+
+    def batches(seed):
+        loader = DeviceLoader(data, 16, [0.0], [1 / 255], CPU, train=True, seed=seed)
+        return list(loader)
+
+    first = batches(seed=1)
+    assert len(first) == n // 16
+    for x, y in first:  # unaugmented: every pixel of an image still equals its label
+        assert torch.equal(x[:, 0, 0, 0].long(), y)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(first, batches(seed=1)))
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(first, batches(seed=2)))
+
+
+def test_eval_loader_covers_every_image_in_order():
+    data = ImageSet(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10))
+    loader = DeviceLoader(data, 4, [0.0], [1.0], CPU, augment=True)
+    labels = torch.cat([y for _, y in loader])
+    assert torch.equal(labels, torch.arange(10))
+
+
+def test_loader_normalises_with_the_config_statistics():
+    data = ImageSet(torch.full((4, 3, 2, 2), 255, dtype=torch.uint8), torch.zeros(4).long())
+    loader = DeviceLoader(data, 4, [0.5, 0.5, 0.0], [0.5, 0.25, 1.0], CPU)
+    x, _ = next(iter(loader))
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([1.0, 2.0, 1.0]))
+
+
+SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not SYSTEM_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_reads_the_debian_package_offline(tmp_path):
+    train, test = load_fashion_mnist(str(tmp_path), download=False, system_dir=str(SYSTEM_FASHION))
+    assert (len(train), len(test)) == (60_000, 10_000)
+    assert train.images.shape[1:] == (1, 28, 28)
+
+
+def test_fashion_mnist_missing_offline_is_a_config_error(tmp_path):
+    from vitsweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(str(tmp_path), download=False, system_dir=str(tmp_path / "none"))
