@@ -11,8 +11,8 @@ GROUPS = {
 
 
 def test_the_groups_offer_what_the_readme_promises():
-    assert GROUPS["attention"] == ["linear", "softmax"]
-    assert GROUPS["embedding"] == ["cnn", "patch"]
+    assert GROUPS["attention"] == ["linear", "linformer", "nystrom", "performer", "softmax"]
+    assert GROUPS["embedding"] == ["cnn", "conv_patch", "patch"]
     assert GROUPS["model"] == ["vit", "vitl", "vitx"]
     assert GROUPS["optim"] == ["adamw", "sgd"]
     assert GROUPS["device"] == ["auto", "cpu", "cuda", "mps"]
@@ -77,4 +77,19 @@ def test_grid_sweep_composes_every_job(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     summaries = sorted(tmp_path.glob("multirun/*/*/*/summary.json"))
     assert len(summaries) == 4
+    assert all('"status": "sized"' in s.read_text() for s in summaries)
+
+
+def test_attention_zoo_times_embeddings_builds_all_fifteen(cli, tmp_path):
+    result = cli(
+        "-m",
+        "attention=softmax,linear,performer,nystrom,linformer",
+        "embedding=patch,cnn,conv_patch",
+        "trainer.epochs=0",
+        "data=digits",
+        "logger=none",
+    )
+    assert result.returncode == 0, result.stderr
+    summaries = sorted(tmp_path.glob("multirun/*/*/*/summary.json"))
+    assert len(summaries) == 15
     assert all('"status": "sized"' in s.read_text() for s in summaries)

@@ -87,3 +87,62 @@ def test_seed_quirks_change_the_block_not_the_size():
     quirky.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 32, 32)
     assert not torch.allclose(plain.eval()(x), quirky.eval()(x))
+
+
+def _tiny(dim: int = 32, **kwargs) -> VisionTransformer:
+    embedding = partial(PatchEmbedding, patch_size=8)
+    return VisionTransformer(embedding, SoftmaxAttention, 32, 3, 10, dim=dim, **kwargs)
+
+
+def test_mean_pooling_drops_the_cls_token():
+    with_cls, mean = _tiny(), _tiny(pool="mean")
+    assert mean.cls_token is None
+    assert count_parameters(with_cls) - count_parameters(mean) == 32 + 32  # cls + its position
+    assert mean(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_sincos_and_no_positions_learn_no_position_table(pool):
+    learned = count_parameters(_tiny(pool=pool))
+    tokens = 16 + (pool == "cls")
+    for pos in ("sincos", "none"):
+        model = _tiny(pool=pool, pos=pos)
+        assert count_parameters(model) == learned - tokens * 32
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_sincos_positions_are_distinct_and_bounded():
+    from vitsweep.models.vit import sincos_positions
+
+    table = sincos_positions(64, 32)
+    assert table.shape == (64, 32) and table.abs().max() <= 1
+    assert torch.cdist(table, table).add(torch.eye(64)).min() > 0.1  # no two tokens alike
+
+
+def test_bad_pool_pos_and_grid_are_config_errors():
+    with pytest.raises(ConfigError, match="model.pool"):
+        _tiny(pool="max")
+    with pytest.raises(ConfigError, match="model.pos"):
+        _tiny(pos="rope")
+    with pytest.raises(ConfigError, match="dim divisible by 4"):
+        _tiny(pos="sincos", heads=2, dim=30)
+
+
+def test_linformer_is_told_the_token_count_with_or_without_cls():
+    from vitsweep.models import LinformerAttention
+
+    for pool, seq_len in (("cls", 17), ("mean", 16)):
+        model = VisionTransformer(
+            partial(PatchEmbedding, patch_size=8), partial(LinformerAttention, k=4), 32, 3, 10,
+            dim=32, pool=pool,
+        )  # fmt: skip
+        assert model.blocks[0].attn.seq_len == seq_len
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_conv_patch_embedding_tokenizes_patches():
+    from vitsweep.models import ConvPatchEmbedding
+
+    embed = ConvPatchEmbedding(in_channels=3, dim=32, image_size=32, patch_size=4)
+    assert embed.num_tokens == 64
+    assert embed(torch.randn(2, 3, 32, 32)).shape == (2, 64, 32)

@@ -61,3 +61,25 @@ class ConvEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stem(x).flatten(2).transpose(1, 2)
+
+
+class ConvPatchEmbedding(nn.Module):
+    """A small conv stem, then a strided p x p patchify (a CCT-style tokenizer).
+
+    The stem sees every pixel, as the CNN stem does, but the patchify leaves (S/p)^2 tokens
+    instead of S^2, so attention runs over fewer tokens.
+    """
+
+    def __init__(
+        self, in_channels: int, dim: int, image_size: int, channels: int = 64, patch_size: int = 2
+    ) -> None:
+        super().__init__()
+        self.num_tokens = token_grid(image_size, patch_size) ** 2
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, dim, patch_size, stride=patch_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x).flatten(2).transpose(1, 2)

@@ -4,6 +4,8 @@ Embedding and attention arrive as factories (``functools.partial`` objects that 
 from the ``embedding`` and ``attention`` config groups), so this file never names a variant.
 """
 
+import inspect
+import math
 from collections.abc import Callable
 
 import torch
@@ -49,8 +51,31 @@ class Block(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
+def sincos_positions(num_tokens: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positions for a square grid of tokens, (N, dim): a quarter of
+    the channels each for sin(y), cos(y), sin(x), cos(x) at geometric frequencies."""
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens or dim % 4:
+        raise ConfigError(
+            f"model.pos=sincos needs a square token grid and dim divisible by 4 "
+            f"(got {num_tokens} tokens, dim {dim})"
+        )
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    freq = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))
+    angles = [axis.flatten()[:, None].float() * freq for axis in (rows, cols)]
+    return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
+
+
+def _accepts(factory: Callable[..., nn.Module], name: str) -> bool:
+    return name in inspect.signature(factory).parameters
+
+
 class VisionTransformer(nn.Module):
-    """Tokens from ``embedding``, a learned cls token and positions, ``depth`` blocks, a head.
+    """Tokens from ``embedding``, positions, ``depth`` blocks, a head on the pooled tokens.
+
+    ``pool``: ``cls`` prepends a learned cls token and classifies from it; ``mean`` has no
+    cls token and averages the tokens. ``pos``: ``learned`` (a table, one row per token),
+    ``sincos`` (fixed 2-D sine-cosine; the cls token gets none), or ``none``.
 
     ``seed_quirks=True`` rebuilds the seed exactly as it was written: softmax scaled by
     1/sqrt(dim) (set in conf/attention/softmax.yaml), the residual stream normalised in each
@@ -70,22 +95,38 @@ class VisionTransformer(nn.Module):
         heads: int = 8,
         mlp_dim: int = 512,
         dropout: float = 0.1,
+        pool: str = "cls",
+        pos: str = "learned",
         seed_quirks: bool = False,
     ) -> None:
         super().__init__()
         check_heads(dim, heads)
         if depth < 1:
             raise ConfigError(f"model.depth must be at least 1, got {depth}")
+        if pool not in ("cls", "mean"):
+            raise ConfigError(f"model.pool must be cls or mean, got '{pool}'")
+        if pos not in ("learned", "sincos", "none"):
+            raise ConfigError(f"model.pos must be learned, sincos or none, got '{pos}'")
         self.embed = embedding(in_channels=in_channels, dim=dim, image_size=image_size)
         self.num_tokens = self.embed.num_tokens
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos = nn.Parameter(torch.zeros(1, self.num_tokens + 1, dim))
+        self.pool = pool
         init_std = 1.0 if seed_quirks else 0.02
-        nn.init.normal_(self.cls_token, std=init_std)
-        nn.init.normal_(self.pos, std=init_std)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * init_std) if pool == "cls" else None
+        seq_len = self.num_tokens + (pool == "cls")
+        if pos == "learned":
+            self.pos = nn.Parameter(torch.randn(1, seq_len, dim) * init_std)
+        elif pos == "sincos":
+            table = sincos_positions(self.num_tokens, dim)
+            if pool == "cls":  # the cls token has no place in the grid
+                table = torch.cat([torch.zeros(1, dim), table])
+            self.register_buffer("pos", table.unsqueeze(0), persistent=False)
+        else:
+            self.pos = None
+        # Attention that is sized by its sequence (Linformer) is told the token count here.
+        extra = {"seq_len": seq_len} if _accepts(attention, "seq_len") else {}
         self.blocks = nn.Sequential(
             *(
-                Block(dim, attention(dim=dim, heads=heads), mlp_dim, dropout, seed_quirks)
+                Block(dim, attention(dim=dim, heads=heads, **extra), mlp_dim, dropout, seed_quirks)
                 for _ in range(depth)
             )
         )
@@ -93,6 +134,9 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.embed(images)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.pos is not None:
+            x = x + self.pos
         x = self.blocks(x)
-        return self.head(x[:, 0])
+        return self.head(x[:, 0] if self.pool == "cls" else x.mean(dim=1))

@@ -1,0 +1,174 @@
+"""Each attention variant against its definition, then properties they must all have."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitsweep.errors import ConfigError
+from vitsweep.models import (
+    LinearAttention,
+    LinformerAttention,
+    NystromAttention,
+    PerformerAttention,
+    SoftmaxAttention,
+)
+from vitsweep.models.attention import explicit_softmax_attention
+
+
+def qkv(n: int = 64, d: int = 16, heads: int = 2, std: float = 1.0, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, heads, n, d, generator=g) * std for _ in range(3)]
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    return ((approx - exact).norm() / exact.norm()).item()
+
+
+def test_sdpa_equals_the_explicit_formula():
+    q, k, v = qkv(n=257)
+    exact = explicit_softmax_attention(q, k, v)
+    assert torch.allclose(F.scaled_dot_product_attention(q, k, v), exact, atol=1e-5)
+    by_hand = torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1) @ v  # d = 16
+    assert torch.allclose(exact, by_hand, atol=1e-6)
+
+
+def test_softmax_impls_agree_as_modules():
+    sdpa = SoftmaxAttention(64, 4, impl="sdpa")
+    explicit = SoftmaxAttention(64, 4, impl="explicit")
+    explicit.load_state_dict(sdpa.state_dict())
+    x = torch.randn(2, 50, 64)
+    assert torch.allclose(sdpa(x), explicit(x), atol=1e-5)
+
+
+def test_full_width_scale_is_the_seeds_one_over_sqrt_dim():
+    q, k, v = qkv(d=16, heads=8)  # dim 128
+    attention = SoftmaxAttention(128, 8, full_width_scale=True)
+    expected = torch.softmax(q @ k.transpose(-2, -1) / 128**0.5, dim=-1) @ v
+    assert torch.allclose(attention.attend(q, k, v), expected, atol=1e-5)
+
+
+def test_linear_equals_its_quadratic_form():
+    q, k, v = qkv()
+    phi_q, phi_k = F.elu(q) + 1, F.elu(k) + 1
+    weights = phi_q @ phi_k.transpose(-2, -1)  # (N, N), positive
+    quadratic = (weights / weights.sum(dim=-1, keepdim=True)) @ v
+    linear = LinearAttention(32, 2, eps=0.0).attend(q, k, v)
+    assert torch.allclose(linear, quadratic, atol=1e-5)
+
+
+def _performer_error(features: int, draws: int = 8) -> float:
+    q, k, v = qkv(n=128, std=0.5)
+    exact = explicit_softmax_attention(q, k, v)
+    errors = []
+    for seed in range(draws):
+        torch.manual_seed(seed)
+        errors.append(relative_error(PerformerAttention(32, 2, features).attend(q, k, v), exact))
+    return sum(errors) / draws
+
+
+def test_performer_approximates_softmax_better_with_more_features():
+    errors = {m: _performer_error(m) for m in (16, 64, 256)}
+    assert errors[16] > errors[64] > errors[256]
+    assert errors[256] < 0.25, errors  # measured: 0.64, 0.30, 0.16 (1/sqrt(m)-like decay)
+
+
+def test_performer_features_are_orthogonal_blocks():
+    w = PerformerAttention(32, 2, features=16).projection  # one block of d = 16 rows
+    directions = w / w.norm(dim=1, keepdim=True)
+    assert torch.allclose(directions @ directions.T, torch.eye(16), atol=1e-5)
+
+
+def test_performer_redraws_on_schedule_and_not_in_eval():
+    attention = PerformerAttention(32, 2, features=8, redraw_interval=2)
+    x = torch.randn(1, 10, 32)
+    seen = []
+    for _ in range(4):
+        attention(x)
+        seen.append(attention.projection.clone())
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+    attention.eval()
+    attention(x)
+    assert torch.equal(attention.projection, seen[3])
+
+
+def test_performer_default_feature_count_is_d_ln_d():
+    assert PerformerAttention(128, 8).features == 44  # round(16 * ln 16)
+
+
+@pytest.mark.parametrize("pinv_iterations", [0, 30])
+def test_nystrom_equals_softmax_when_landmarks_are_the_tokens(pinv_iterations):
+    q, k, v = qkv(n=24, std=0.5)
+    nystrom = NystromAttention(32, 2, landmarks=24, pinv_iterations=pinv_iterations)
+    tolerance = 1e-4 if pinv_iterations == 0 else 1e-2
+    assert relative_error(nystrom.attend(q, k, v), explicit_softmax_attention(q, k, v)) < tolerance
+
+
+def test_nystrom_handles_lengths_the_landmarks_do_not_divide():
+    q, k, v = qkv(n=257)
+    out = NystromAttention(32, 2, landmarks=32).attend(q, k, v)
+    assert out.shape == v.shape and torch.isfinite(out).all()
+    # A fair approximation still: far better than attending uniformly.
+    exact = explicit_softmax_attention(q, k, v)
+    uniform = v.mean(dim=-2, keepdim=True).expand_as(v)
+    assert relative_error(out, exact) < relative_error(uniform, exact)
+
+
+def test_linformer_projects_keys_and_values_to_k_rows():
+    attention = LinformerAttention(32, 2, seq_len=64, k=8)
+    q, k, v = qkv(n=64)
+    expected = explicit_softmax_attention(q, attention.proj_k @ k, attention.proj_v @ v)
+    assert torch.allclose(attention.attend(q, k, v), expected, atol=1e-5)
+
+
+def test_linformer_rejects_another_token_count():
+    attention = LinformerAttention(32, 2, seq_len=64)
+    with pytest.raises(ConfigError, match="built for 64 tokens but got 65"):
+        attention(torch.randn(1, 65, 32))
+
+
+VARIANTS = {
+    "softmax": lambda n: SoftmaxAttention(64, 4),
+    "softmax_explicit": lambda n: SoftmaxAttention(64, 4, impl="explicit"),
+    "linear": lambda n: LinearAttention(64, 4),
+    "performer": lambda n: PerformerAttention(64, 4),
+    "nystrom": lambda n: NystromAttention(64, 4, landmarks=16),
+    "linformer": lambda n: LinformerAttention(64, 4, seq_len=n, k=16),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_shape_and_finite_gradients(name):
+    attention = VARIANTS[name](50)
+    x = torch.randn(3, 50, 64, requires_grad=True)
+    y = attention(x)
+    assert y.shape == x.shape
+    y.square().mean().backward()
+    grads = [x.grad, *(p.grad for p in attention.parameters())]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert x.grad.abs().sum() > 0
+
+
+# Linformer mixes positions through its learned projections; Nystrom's segment means depend
+# on order unless every token is its own landmark.
+EQUIVARIANT = {
+    **{k: v for k, v in VARIANTS.items() if k not in ("linformer", "nystrom")},
+    "nystrom": lambda n: NystromAttention(64, 4, landmarks=n, pinv_iterations=0),
+}
+
+
+@pytest.mark.parametrize("name", EQUIVARIANT)
+def test_permuting_tokens_permutes_the_output(name):
+    attention = EQUIVARIANT[name](40).eval()
+    x = torch.randn(2, 40, 64)
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(attention(x[:, perm]), attention(x)[:, perm], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_finite_under_bf16_autocast_at_1024_tokens_with_large_inputs(name):
+    attention = VARIANTS[name](1024)
+    x = torch.randn(2, 1024, 64) * 30
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attention(x)
+    assert torch.isfinite(y).all()
