@@ -1,0 +1,183 @@
+"""Memory and time of one attention forward+backward against the token count.
+
+    python src/bench_attention.py                      # 256, 1024, 4096 tokens, auto device
+    python src/bench_attention.py --tokens 256 1024 --device cpu
+
+Each (variant, N) runs in a fresh process, so that its peak memory is its own: after a warm-up
+pass, the rise over resting memory during one forward+backward (CUDA: the allocator's peak;
+CPU: the process's peak resident set, reset through /proc/self/clear_refs).
+Time is the median of several forward+backward passes after three warm-up passes, also reported as a
+ratio to SDPA softmax at the same N, measured the same way in the same run. Writes
+results/attention/<device>.{csv,md,png}.
+"""
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "softmax": ["attention=softmax"],
+    "softmax (explicit)": ["attention=softmax", "model.attention.impl=explicit"],
+    "linear": ["attention=linear"],
+    "performer": ["attention=performer"],
+    "nystrom": ["attention=nystrom"],
+    "linformer": ["attention=linformer"],
+}
+
+
+def build_attention(variant: str, dim: int, heads: int, tokens: int) -> torch.nn.Module:
+    """The attention as training builds it: from its conf/attention YAML, defaults and all."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=VARIANTS[variant])
+    factory = instantiate(cfg.model.attention)
+    extra = {"seq_len": tokens} if variant == "linformer" else {}
+    return factory(dim=dim, heads=heads, **extra)
+
+
+def process_memory_mb(field: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak resident) of this process, from /proc (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_memory(device: torch.device) -> float:
+    """Start a fresh peak; returns the resting memory the peak is measured from."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+    return process_memory_mb("VmRSS")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return process_memory_mb("VmHWM")
+
+
+def measure(variant: str, tokens: int, batch: int, dim: int, heads: int, repeats: int, device: str):
+    """One variant at one N, in this (fresh) process: peak MB and seconds per fwd+bwd."""
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    attention = build_attention(variant, dim, heads, tokens).to(dev)
+    x = torch.randn(batch, tokens, dim, device=dev, requires_grad=True)
+
+    def step() -> None:
+        attention(x).sum().backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3):  # warm-up: kernels chosen, thread pools and caches up
+        step()
+    resting = reset_peak_memory(dev)
+    step()
+    peak_mb = peak_memory_mb(dev) - resting
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"peak_mb": max(peak_mb, 0.0), "seconds": statistics.median(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "attention")
+    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "TOKENS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    sizes = (args.batch, args.dim, args.heads, args.repeats, device)
+
+    if args.child:
+        print(json.dumps(measure(args.child[0], int(args.child[1]), *sizes)))
+        return
+
+    import pandas as pd
+    from tqdm import tqdm
+
+    from vitsweep.device import device_label
+
+    label = device_label(torch.device(device))
+    rows = []
+    jobs = [(v, n) for n in args.tokens for v in VARIANTS]
+    for variant, tokens in tqdm(jobs, desc="attention bench"):
+        cmd = [sys.executable, __file__, "--child", variant, str(tokens), "--device", device,
+               "--batch", str(args.batch), "--dim", str(args.dim), "--heads", str(args.heads),
+               "--repeats", str(args.repeats)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            tqdm.write(f"{variant} at {tokens} failed: {done.stderr.strip().splitlines()[-1]}")
+            rows.append({"attention": variant, "tokens": tokens, "status": "failed"})
+            continue
+        rows.append({"attention": variant, "tokens": tokens, "status": "ok",
+                     **json.loads(done.stdout.strip().splitlines()[-1])})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    reference = frame[frame["attention"] == "softmax"].set_index("tokens")["seconds"]
+    frame["time_vs_sdpa"] = frame["seconds"] / frame["tokens"].map(reference)
+    write_results(frame, label, args)
+
+
+def write_results(frame, label: str, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").lower()
+    frame.to_csv(stem.with_suffix(".csv"), index=False)
+    table = frame.pivot(index="attention", columns="tokens", values=["seconds", "peak_mb"])
+    table = table.reindex(list(VARIANTS))
+    lines = [
+        f"# Attention forward+backward vs tokens — {label}",
+        "",
+        f"batch {args.batch}, dim {args.dim}, {args.heads} heads, fp32, median of "
+        f"{args.repeats}; peak MB = rise in peak memory during one forward+backward.",
+        "",
+        "| attention | " + " | ".join(f"ms @ {n}" for n in args.tokens)
+        + " | " + " | ".join(f"MB @ {n}" for n in args.tokens) + " |",
+        "|---|" + "---:|" * (2 * len(args.tokens)),
+    ]  # fmt: skip
+    for name, row in table.iterrows():
+        ms = [f"{row[('seconds', n)] * 1e3:.1f}" for n in args.tokens]
+        mb = [f"{row[('peak_mb', n)]:.0f}" for n in args.tokens]
+        lines.append(f"| {name} | " + " | ".join(ms + mb) + " |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, group in frame.groupby("attention", sort=False):
+        axes[0].plot(group["tokens"], group["seconds"] * 1e3, marker="o", label=name)
+        axes[1].plot(group["tokens"], group["peak_mb"].clip(lower=1), marker="o", label=name)
+    for ax, ylabel in zip(axes, ("ms per forward+backward", "peak MB")):
+        ax.set(xscale="log", yscale="log", xlabel="tokens N", ylabel=ylabel)
+        ax.set_xticks(args.tokens, [str(n) for n in args.tokens])
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Attention cost vs tokens — {label}")
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=120)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
