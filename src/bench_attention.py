@@ -24,6 +24,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from vitsweep.measure import memory_in_use_mb, peak_memory_mb, reset_peak_memory
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "softmax": ["attention=softmax"],
@@ -44,29 +46,6 @@ def build_attention(variant: str, dim: int, heads: int, tokens: int) -> torch.nn
     return factory(dim=dim, heads=heads, **extra)
 
 
-def process_memory_mb(field: str) -> float:
-    """VmRSS (resident now) or VmHWM (peak resident) of this process, from /proc (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak_memory(device: torch.device) -> float:
-    """Start a fresh peak; returns the resting memory the peak is measured from."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated() / 2**20
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
-    return process_memory_mb("VmRSS")
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return process_memory_mb("VmHWM")
-
-
 def measure(variant: str, tokens: int, batch: int, dim: int, heads: int, repeats: int, device: str):
     """One variant at one N, in this (fresh) process: peak MB and seconds per fwd+bwd."""
     torch.manual_seed(0)
@@ -81,7 +60,8 @@ def measure(variant: str, tokens: int, batch: int, dim: int, heads: int, repeats
 
     for _ in range(3):  # warm-up: kernels chosen, thread pools and caches up
         step()
-    resting = reset_peak_memory(dev)
+    reset_peak_memory(dev)
+    resting = memory_in_use_mb(dev)
     step()
     peak_mb = peak_memory_mb(dev) - resting
     times = []

@@ -20,6 +20,7 @@ from vitsweep.device import device_label, resolve_device
 from vitsweep.errors import reported_failures
 from vitsweep.measure import describe_model
 from vitsweep.record import RunRecord
+from vitsweep.report import sweep_name
 from vitsweep.train import TrainerSettings, fit
 
 
@@ -27,10 +28,12 @@ from vitsweep.train import TrainerSettings, fit
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+    config = OmegaConf.to_container(cfg, resolve=True) | {"choices": choices}
     record = RunRecord(run_dir, config)
 
-    with reported_failures(record, multirun=hydra_cfg.mode == RunMode.MULTIRUN):
+    with reported_failures(record, multirun):
         # Build: everything a bad config can break comes before data loads or W&B starts.
         settings = TrainerSettings(**cfg.trainer)
         torch.manual_seed(cfg.seed)
@@ -57,8 +60,15 @@ def main(cfg: DictConfig) -> float | None:
 
         # Train and record; the tracker is finished whatever happens.
         # The run's config goes in as plain data: handing it to instantiate would build it.
+        # A multirun's jobs share a W&B group (the sweep's name) and carry their overrides
+        # as tags, so W&B groups them as the comparison table does.
+        group = sweep_name(cfg.sweep_name, hydra_cfg.sweep.dir) if multirun else None
         tracker = instantiate(cfg.logger, _partial_=True)(
-            run_config=config, run_dir=run_dir, name=hydra_cfg.job.override_dirname
+            run_config=config,
+            run_dir=run_dir,
+            name=hydra_cfg.job.override_dirname,
+            group=cfg.logger.get("group") or group,
+            tags=[*cfg.logger.get("tags", []), *hydra_cfg.overrides.task],
         )
         exit_code = 1
         try:

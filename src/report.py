@@ -1,0 +1,49 @@
+"""Rebuild a sweep's comparison table and plots, from local run records or from W&B.
+
+    python src/report.py multirun/2026-11-27/12-00-00             # -> results/2026-11-27_12-00-00/
+    python src/report.py --wandb ENTITY/PROJECT --group GROUP     # -> results/GROUP/
+
+Both write comparison.md, comparison.csv, accuracy.png and latency.png, from one schema.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from vitsweep.report import load_sweep, load_wandb, sweep_name, write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", nargs="?", type=Path, help="a multirun directory")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead")
+    parser.add_argument("--group", help="the W&B group (the sweep's name)")
+    parser.add_argument("--name", help="the results folder's name (default: the sweep's)")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    args = parser.parse_args(argv)
+
+    if args.wandb:
+        if not args.group:
+            parser.error("--wandb needs --group (the sweep's name, which is its W&B group)")
+        try:
+            runs, curves = load_wandb(args.wandb, args.group)
+        except Exception as err:  # network, credentials, unknown project: one line
+            print(f"error: could not read W&B runs of {args.wandb}: {err}", file=sys.stderr)
+            return 2
+        name, source = args.name or args.group, f"W&B {args.wandb}, group {args.group}"
+    else:
+        if args.sweep_dir is None or not args.sweep_dir.is_dir():
+            parser.error(f"sweep directory not found: {args.sweep_dir}")
+        runs, curves = load_sweep(args.sweep_dir)
+        name, source = args.name or sweep_name(None, args.sweep_dir), str(args.sweep_dir)
+    if runs.empty:
+        print(f"error: no runs found in {source}", file=sys.stderr)
+        return 2
+    out_dir = args.results / name
+    table = write_report(runs, curves, out_dir, f"Sweep {name}\n\nFrom {source} ({len(runs)} runs)")
+    print(f"{table}\nComparison of {len(runs)} runs in {out_dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

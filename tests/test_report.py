@@ -1,0 +1,187 @@
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, TINY
+from vitsweep.report import (
+    comparison_table,
+    frame_from_wandb_runs,
+    load_sweep,
+    row_from_run,
+    sweep_name,
+    to_markdown,
+)
+
+QUICK = [o for o in TINY if o != "logger=none"] + ["trainer.epochs=1", "data.subset=32"]
+EXPECTED_HEADINGS = [
+    "attention", "embedding", "image size", "dim", "patch size", "tokens", "heads", "blocks",
+    "parameters", "GFLOPs/img", "best top-1 %", "final top-1 %", "s/epoch", "train s/epoch",
+    "eval s/epoch", "train img/s", "peak MB", "epochs", "status",
+]  # fmt: skip
+
+
+def _header(markdown: str) -> list[str]:
+    line = next(line for line in markdown.splitlines() if line.startswith("| "))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_mission_sweep_ends_in_a_table_and_plots(cli, tmp_path):
+    result = cli("-m", "attention=softmax,linear", "embedding=patch,cnn", *QUICK,
+                 "logger=none", "sweep_name=mission")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "results" / "mission"
+    markdown = (out / "comparison.md").read_text()
+    assert _header(markdown) == EXPECTED_HEADINGS  # the varying choices come first
+    rows = [line for line in markdown.splitlines() if line.startswith("| ")][1:]
+    assert [r.split("|")[1:3] for r in rows] == [
+        [" softmax ", " patch "], [" softmax ", " cnn "], [" linear ", " patch "],
+        [" linear ", " cnn "],
+    ]  # fmt: skip
+    table = pd.read_csv(out / "comparison.csv")
+    assert len(table) == 4 and (table["status"] == "completed").all()
+    assert {"params", "gflops_per_image", "best_top1", "train_img_per_s"} <= set(table.columns)
+    assert table["params"].nunique() == 4
+    for plot in ("accuracy.png", "latency.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+    assert "| softmax | patch |" in result.stdout  # printed too
+
+
+def _wandb_record(run_dir) -> dict:
+    """What W&B itself wrote for an offline run, read back with its own CLI."""
+    offline = next((run_dir / "wandb").glob("offline-run-*"))
+    cmd = [sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json", str(offline)]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def test_joblib_jobs_keep_their_own_runs_and_configs(cli, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                 "attention=softmax,linear", "embedding=patch,cnn", *QUICK,
+                 "logger.mode=offline", "sweep_name=parallel")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p.parent for p in tmp_path.glob("multirun/*/*/*/summary.json"))
+    assert len(jobs) == 4
+    seen = set()
+    for job in jobs:
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        record = _wandb_record(job)
+        choices = record["config"]["choices"]
+        assert f"attention={choices['attention']}" in overrides
+        assert f"embedding={choices['embedding']}" in overrides
+        assert record["summary"]["status"] == "completed"
+        seen.add((choices["attention"], choices["embedding"]))
+    assert len(seen) == 4
+    assert len(pd.read_csv(tmp_path / "results" / "parallel" / "comparison.csv")) == 4
+
+
+def test_a_failing_job_is_a_failed_row_and_the_sweep_goes_on(cli, tmp_path):
+    result = cli("-m", "model.heads=4,3,8", "trainer.epochs=0", "data=digits", "logger=none",
+                 "sweep_name=broken")  # fmt: skip
+    assert result.returncode == 1  # after the table: something failed
+    table = pd.read_csv(tmp_path / "results" / "broken" / "comparison.csv")
+    assert list(table["status"]) == ["sized", "failed", "sized"]
+    assert "not divisible by model.heads=3" in table["error"].iloc[1]
+    assert "| 3 |" in (tmp_path / "results" / "broken" / "comparison.md").read_text()
+
+
+def _record(attention: str, seed: int, acc: float, train_s: float, status="completed"):
+    model = {"dim": 128, "heads": 8, "depth": 4, "embedding": {"patch_size": 2}}
+    config = {
+        "seed": seed,
+        "choices": {"attention": attention, "embedding": "patch"},
+        "model": model,
+    }
+    summary = {
+        "status": status,
+        "best_test_acc": acc,
+        "final_test_acc": acc,
+        "train_s_per_epoch": train_s,
+        "eval_s_per_epoch": 1.0,
+        "params": 1000,
+    }
+    return config, summary, [f"attention={attention}", f"seed={seed}"]
+
+
+def test_seed_repeats_aggregate_to_mean_std_and_n():
+    records = [_record("softmax", 0, 0.70, 10.0), _record("softmax", 1, 0.80, 12.0),
+               _record("softmax", 2, 0.75, 11.0), _record("linear", 0, 0.60, 5.0),
+               _record("linear", 1, 0.0, 0.0, status="failed")]  # fmt: skip
+    runs = pd.DataFrame([row_from_run(*r, run_id=str(i)) for i, r in enumerate(records)])
+    table = comparison_table(runs).set_index("label")
+    softmax, linear = table.loc["attention=softmax"], table.loc["attention=linear"]
+    assert softmax["n"] == 3 and softmax["best_top1"] == pytest.approx(75.0)
+    assert softmax["best_top1_std"] == pytest.approx(5.0)
+    assert softmax["time_per_epoch_s"] == pytest.approx(12.0)  # train 11 + eval 1
+    assert linear["n"] == 1 and linear["best_top1"] == pytest.approx(60.0)  # failed seed out
+    assert linear["status"] == "1/2 completed"
+    markdown = to_markdown(table.reset_index(), ["attention"])
+    assert "| softmax |" in markdown and "75.00 ± 5.00" in markdown and "| n |" in markdown
+
+
+class FakeRun:
+    """Shaped like wandb.apis.public.Run: config, summary, tags, name, state, history()."""
+
+    def __init__(self, config, summary, tags, name, history, state="finished"):
+        self.config, self.summary, self.tags, self.name = config, summary, tags, name
+        self.state, self._history = state, history
+
+    def history(self, keys=None, pandas=True):
+        return pd.DataFrame(self._history)[keys] if self._history else pd.DataFrame()
+
+
+def test_wandb_runs_become_the_same_schema_as_local_records(tmp_path):
+    config, summary, tags = _record("softmax", 0, 0.7, 10.0)
+    history = [{"epoch/epoch": 1, "epoch/test_acc": 0.5, "epoch/train_s": 10.0},
+               {"epoch/epoch": 2, "epoch/test_acc": 0.7, "epoch/train_s": 10.0}]  # fmt: skip
+    crashed = FakeRun(config | {"seed": 1}, {"status": "running", "_step": 3},
+                      ["attention=softmax", "seed=1"], "run-b", [], state="crashed")  # fmt: skip
+    runs, curves = frame_from_wandb_runs(
+        [FakeRun(config, summary | {"_runtime": 5}, tags, "run-a", history), crashed]
+    )
+    local = pd.DataFrame([row_from_run(config, summary, tags, run_id="run-a")])
+    assert list(runs.columns) == list(local.columns)
+    pd.testing.assert_frame_equal(runs.iloc[:1], local, check_dtype=False)
+    assert list(runs["status"]) == ["completed", "failed"]
+    assert list(curves["test_acc"]) == [0.5, 0.7] and set(curves["run"]) == {"run-a"}
+
+
+def test_load_wandb_asks_the_api_for_the_group():
+    from vitsweep.report import load_wandb
+
+    calls = []
+    api = SimpleNamespace(runs=lambda path, filters: calls.append((path, filters)) or [])
+    runs, _ = load_wandb("me/vitsweep", "2026-11-27_12-00-00", api=api)
+    assert calls == [("me/vitsweep", {"group": "2026-11-27_12-00-00"})] and runs.empty
+
+
+def test_report_script_rebuilds_from_a_sweep_directory(tmp_path):
+    sweep = tmp_path / "multirun" / "2026-11-27" / "12-00-00"
+    for i, (attention, acc) in enumerate([("softmax", 0.7), ("linear", 0.6)]):
+        job = sweep / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        config, summary, tags = _record(attention, 0, acc, 10.0)
+        (job / ".hydra" / "overrides.yaml").write_text("\n".join(f"- {t}" for t in tags))
+        (job / "config.yaml").write_text(json.dumps(config))
+        (job / "summary.json").write_text(json.dumps(summary))
+        pd.DataFrame({"epoch": [1], "test_acc": [acc], "train_s": [10.0]}).to_csv(
+            job / "history.csv", index=False
+        )
+    runs, curves = load_sweep(sweep)
+    assert list(runs["attention"]) == ["softmax", "linear"] and len(curves) == 2
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "report.py"), str(sweep)],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "results" / "2026-11-27_12-00-00"
+    assert (out / "comparison.md").exists() and (out / "accuracy.png").exists()
+    assert "| softmax |" in done.stdout
+
+
+def test_sweep_names():
+    assert sweep_name(None, "multirun/2026-11-27/12-00-00") == "2026-11-27_12-00-00"
+    assert sweep_name("lr sweep/1", "multirun/x/y") == "lr_sweep_1"
