@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep_dir is None or not args.sweep_dir.is_dir():
             parser.error(f"sweep directory not found: {args.sweep_dir}")
         runs, curves = load_sweep(args.sweep_dir)
-        name, source = args.name or sweep_name(None, args.sweep_dir), str(args.sweep_dir)
+        name, source = args.name or sweep_name(args.sweep_dir), str(args.sweep_dir)
     if runs.empty:
         print(f"error: no runs found in {source}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ class ComparisonReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        name = sweep_name(config.get("sweep_name"), sweep_dir)
+        name = sweep_name(sweep_dir)
         runs, curves = load_sweep(sweep_dir)
         if runs.empty:
             log.warning("no jobs found under %s; no comparison written", sweep_dir)

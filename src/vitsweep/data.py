@@ -7,13 +7,15 @@ data config (conf/data/*.yaml), never in a model.
 
 import gzip
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 
 from vitsweep.errors import ConfigError
 
@@ -129,6 +131,13 @@ class DeviceLoader:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shuffling and augmentation RNG, for checkpoints."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
     def __len__(self) -> int:
         n, b = len(self.labels), self.batch_size
         # Training drops a ragged last batch (a batch of 1 upsets statistics); eval keeps all.
@@ -164,3 +173,76 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     """Mirror each image left-right with probability 1/2."""
     flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+class PILImageSet(torch.utils.data.Dataset):
+    """An ``ImageSet`` served one PIL image at a time through torchvision transforms: the
+    classic per-image pipeline (and the seed's), kept for comparison with ``DeviceLoader``."""
+
+    def __init__(self, data: ImageSet, transform: Callable) -> None:
+        self.data = data
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        pixels = self.data.images[i].permute(1, 2, 0).numpy()
+        image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+        return self.transform(image), int(self.data.labels[i])
+
+
+def torchvision_loader(
+    data: ImageSet,
+    batch_size: int,
+    mean: list[float],
+    std: list[float],
+    train: bool = False,
+    augment: bool = False,
+    workers: int = 0,
+    pad: int = 4,
+) -> torch.utils.data.DataLoader:
+    """torchvision transforms per PIL image in a DataLoader: crop, flip, to tensor, normalise."""
+    from torchvision import transforms
+
+    size = data.images.shape[-1]
+    steps = [transforms.RandomCrop(size, padding=pad), transforms.RandomHorizontalFlip()]
+    transform = transforms.Compose(
+        [
+            *(steps if augment and train else []),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    return torch.utils.data.DataLoader(
+        PILImageSet(data, transform), batch_size=batch_size, shuffle=train, drop_last=train,
+        num_workers=workers,
+    )  # fmt: skip
+
+
+def build_loaders(
+    data_cfg: Mapping[str, Any],
+    batch_size: int,
+    eval_batch_size: int,
+    device: torch.device,
+    seed: int,
+) -> tuple[DeviceLoader | torch.utils.data.DataLoader, ...]:
+    """Train and test loaders as the data config asks: ``loader: device`` (the default; the
+    whole set on the device, batched augmentation) or ``loader: torchvision`` (per image)."""
+    train, test = (s.head(data_cfg["subset"]) for s in instantiate(data_cfg["source"]))
+    stats = {"mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
+    augment = data_cfg["augment"]
+    if data_cfg.get("loader", "device") == "torchvision":
+        workers = data_cfg.get("workers", 0)
+        return (
+            torchvision_loader(train, batch_size, **stats, train=True, augment=augment,
+                               workers=workers),
+            torchvision_loader(test, eval_batch_size, **stats, workers=workers),
+        )  # fmt: skip
+    return (
+        DeviceLoader(train, batch_size, **stats, device=device, train=True, augment=augment,
+                     seed=seed),
+        DeviceLoader(test, eval_batch_size, **stats, device=device),
+    )  # fmt: skip

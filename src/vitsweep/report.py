@@ -51,12 +51,13 @@ AGGREGATED = [
 ]  # fmt: skip
 
 
-def sweep_name(name: str | None, sweep_dir: str | os.PathLike) -> str:
-    """The sweep's name: as configured, else the sweep directory's date and time."""
-    if name:
-        return re.sub(r"[^\w.=,+-]+", "_", str(name))
-    parts = Path(sweep_dir).parts
-    return "_".join(parts[-2:]) if len(parts) >= 2 else str(sweep_dir)
+def sweep_name(sweep_dir: str | os.PathLike) -> str:
+    """A sweep's name: its directory's name (multirun/<sweep_name>), or, for Hydra's dated
+    layout (multirun/<date>/<time>), the date and time."""
+    path = Path(sweep_dir)
+    if re.fullmatch(r"\d\d-\d\d-\d\d", path.name) and path.parent.name:
+        return f"{path.parent.name}_{path.name}"
+    return path.name
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:

@@ -4,6 +4,7 @@ A tracker never stops training: any W&B failure becomes one warning and the run 
 without it (the local run record in the run directory is written regardless).
 """
 
+import secrets
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +30,9 @@ class NullTracker:
 class WandbTracker(NullTracker):
     """One W&B run per job; `reinit="finish_previous"` keeps multirun jobs apart."""
 
+    # Online without an account must fail fast, not wait for a login prompt or the network.
+    INIT_TIMEOUT_S = 30
+
     def __init__(
         self,
         run_config: dict[str, Any],
@@ -44,7 +48,13 @@ class WandbTracker(NullTracker):
         try:
             import wandb
 
+            # The run's W&B id lives in its directory, so a resumed run continues the same one.
+            id_file = Path(run_dir) / "wandb_run_id"
+            run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+            id_file.write_text(run_id)
             self.run = wandb.init(
+                id=run_id,
+                resume="allow",
                 project=project,
                 entity=entity,
                 group=group,
@@ -54,7 +64,7 @@ class WandbTracker(NullTracker):
                 config=run_config,
                 dir=str(run_dir),
                 reinit="finish_previous",
-                settings=wandb.Settings(silent=True),
+                settings=wandb.Settings(silent=True, init_timeout=self.INIT_TIMEOUT_S),
             )
         except Exception as err:  # no account, no network, bad settings: train without W&B
             self._give_up(err)
