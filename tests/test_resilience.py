@@ -206,3 +206,19 @@ def test_resume_refuses_a_directory_of_another_run(cli, tmp_path):
                  "hydra.run.dir=run")  # fmt: skip
     assert result.returncode == 2 and "holds a run with another config" in result.stderr
     assert (tmp_path / "run" / "summary.json").read_text() == before  # left untouched
+
+
+def test_wandb_online_without_credentials_warns_and_trains_on(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env |= {"HOME": str(tmp_path), "WANDB_SILENT": "true"}  # no ~/.netrc, no API key
+    args = [*[o for o in TINY if o != "logger=none"], "trainer.epochs=1", "logger.mode=online",
+            "hydra.run.dir=run"]  # fmt: skip
+    result = subprocess.run([sys.executable, str(ROOT / "src" / "run.py"), *args], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if "W&B disabled" in line]
+    assert len(warnings) == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and "best_test_acc" in summary
+    assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 1

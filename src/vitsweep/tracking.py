@@ -4,11 +4,13 @@ A tracker never stops training: any W&B failure becomes one warning and the run 
 without it (the local run record in the run directory is written regardless).
 """
 
+import logging
 import secrets
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class NullTracker:
@@ -70,7 +72,7 @@ class WandbTracker(NullTracker):
             self._give_up(err)
 
     def _give_up(self, err: Exception) -> None:
-        warnings.warn(f"W&B disabled for this run: {err}", stacklevel=3)
+        log.warning("W&B disabled for this run (the local record goes on): %s", err)
         self.run = None
 
     def _call(self, method: Callable[[], Any]) -> None:

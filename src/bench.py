@@ -1,0 +1,196 @@
+"""Training and evaluation throughput of the presets, against a seed-style reference.
+
+    python src/bench.py                         # vit, vitl, vitx on the available device
+    python src/bench.py --data synthetic        # CIFAR-shaped random images (no data set needed)
+
+For each preset it times the harness's own path (device-resident data with batched
+augmentation, SDPA, bf16 autocast and a fused optimizer on CUDA, micro-batches on CPU)
+against a seed-style reference (the attention matrix written out, per-image PIL torchvision
+transforms through a DataLoader, fp32, eager), both through the same train_one_epoch() and
+evaluate() that training uses, in the same process and alternating round by round, so that
+the ratio holds on a noisy machine. Writes results/bench/<device>.md and .csv.
+"""
+
+import argparse
+import re
+import statistics
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch import nn
+from tqdm import tqdm
+
+from vitsweep.data import DeviceLoader, ImageSet, torchvision_loader
+from vitsweep.device import device_label, resolve_device
+from vitsweep.measure import describe_model, peak_memory_mb, reset_peak_memory
+from vitsweep.train import (
+    StepContext,
+    TrainerSettings,
+    autocast_for,
+    build_optimizer,
+    cosine_schedule,
+    evaluate,
+    train_one_epoch,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_images(name: str, count: int) -> tuple[ImageSet, list[float], list[float]]:
+    """``count`` CIFAR-shaped training images: digits (offline, real), cifar10, or random."""
+    if name == "synthetic":
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=g)
+        return ImageSet(images, torch.randint(0, 10, (count,), generator=g)), [0.5] * 3, [0.25] * 3
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        data = compose("config", overrides=[f"data={name}"]).data
+    train, _ = instantiate(data.source)
+    repeats = -(-count // len(train))  # digits has 1,437 images: cycle them if asked for more
+    images, labels = train.images.repeat(repeats, 1, 1, 1), train.labels.repeat(repeats)
+    return ImageSet(images[:count], labels[:count]), list(data.mean), list(data.std)
+
+
+def build_preset(preset: str, explicit: bool) -> nn.Module:
+    overrides = [f"model={preset}", "data=cifar10"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    if explicit and cfg.model.attention._target_.endswith("SoftmaxAttention"):
+        cfg.model.attention.impl = "explicit"
+    torch.manual_seed(0)
+    return instantiate(cfg.model)
+
+
+class Contender:
+    """One way of training a preset: a model, its loaders, its settings."""
+
+    def __init__(self, name, model, train_loader, test_loader, settings, device):
+        self.name, self.model, self.settings = name, model.to(device), settings
+        self.train_loader, self.test_loader, self.device = train_loader, test_loader, device
+        optimizer = build_optimizer(partial(torch.optim.AdamW, lr=1e-3), self.model, device)
+        schedule = cosine_schedule(optimizer, 10**6, 0, 0.01)
+        self.autocast = autocast_for(device, settings.precision)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+        self.ctx = StepContext(optimizer, schedule, self.criterion, self.autocast, settings)
+        self.train_rates, self.eval_rates, self.peak_mb = [], [], 0.0
+
+    def run_round(self) -> None:
+        reset_peak_memory(self.device)
+        quiet = tqdm(disable=True)
+        stats = train_one_epoch(self.model, self.train_loader, self.ctx, lambda loss: None, quiet)
+        self.peak_mb = max(self.peak_mb, peak_memory_mb(self.device))
+        self.train_rates.append(stats["train_img_per_s"])
+        evaluated = evaluate(self.model, self.test_loader, self.criterion, self.autocast)
+        self.eval_rates.append(evaluated["eval_img_per_s"])
+
+
+def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
+    steps_images = ImageSet(images.images[: args.steps * args.batch],
+                            images.labels[: args.steps * args.batch])  # fmt: skip
+    eval_images = ImageSet(images.images[: args.eval_images], images.labels[: args.eval_images])
+    on_cuda = device.type == "cuda"
+    fast = TrainerSettings(
+        batch_size=args.batch, precision="auto",
+        micro_batch_size=None if on_cuda else args.cpu_micro_batch,
+    )  # fmt: skip
+    reference = TrainerSettings(batch_size=args.batch, precision="fp32")
+    fast_model = build_preset(preset, explicit=False)
+    if on_cuda:
+        fast_model = fast_model.to(memory_format=torch.channels_last)
+    contenders = [
+        Contender(
+            "vitsweep", torch.compile(fast_model) if args.compile else fast_model,
+            DeviceLoader(steps_images, args.batch, mean, std, device, train=True, augment=True),
+            DeviceLoader(eval_images, 512, mean, std, device), fast, device,
+        ),
+        Contender(
+            "seed-style reference", build_preset(preset, explicit=True),
+            torchvision_loader(steps_images, args.batch, mean, std, train=True, augment=True),
+            torchvision_loader(eval_images, 512, mean, std), reference, device,
+        ),
+    ]  # fmt: skip
+    size = describe_model(fast_model.to(device), (3, 32, 32))
+    for contender in contenders:  # warm-up: kernels, caches, allocator, compilation
+        contender.run_round()
+        contender.train_rates.clear()
+        contender.eval_rates.clear()
+    for _ in tqdm(range(args.rounds), desc=preset, leave=False):
+        for contender in contenders:  # alternate, so both see the same machine
+            contender.run_round()
+    rows = []
+    reference_rate = statistics.median(contenders[1].train_rates)
+    for contender in contenders:
+        train_rate = statistics.median(contender.train_rates)
+        rows.append({
+            "preset": preset,
+            "path": contender.name,
+            "batch": args.batch,
+            "micro_batch": contender.settings.micro_batch_size or args.batch,
+            "precision": "bf16" if on_cuda and contender.settings.precision == "auto" else "fp32",
+            "train_img_per_s": train_rate,
+            "eval_img_per_s": statistics.median(contender.eval_rates),
+            "vs_reference": train_rate / reference_rate,
+            "peak_mb": contender.peak_mb,
+            "params": size["params"],
+            "gflops_per_image": size["flops_per_image"] / 1e9,
+            # a training step is ~3 forward passes (forward, and backward's two matmuls each)
+            "achieved_gflop_per_s": 3 * size["flops_per_image"] * train_rate / 1e9,
+            "epoch_50k_s": 50_000 / train_rate,
+        })  # fmt: skip
+    return rows
+
+
+def write_results(frame: pd.DataFrame, label: str, args: argparse.Namespace) -> Path:
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").lower()
+    frame.to_csv(stem.with_suffix(".csv"), index=False)
+    lines = [
+        f"# Training throughput — {label}",
+        "",
+        f"Data: {args.data}; batch {args.batch}; {args.steps} steps per round, median of "
+        f"{args.rounds} alternating rounds after one warm-up round. Eval on {args.eval_images} "
+        "images. GFLOPs are forward per image; achieved GFLOP/s counts a step as 3 forwards.",
+        "",
+        "| preset | path | micro-batch | precision | train img/s | × reference | eval img/s "
+        "| peak MB | GFLOPs/img | GFLOP/s | s per 50k-image epoch |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in frame.itertuples():
+        lines.append(
+            f"| {r.preset} | {r.path} | {r.micro_batch} | {r.precision} | "
+            f"{r.train_img_per_s:.1f} | {r.vs_reference:.2f} | {r.eval_img_per_s:.1f} | "
+            f"{r.peak_mb:.0f} | {r.gflops_per_image:.2f} | {r.achieved_gflop_per_s:.1f} | "
+            f"{r.epoch_50k_s:.1f} |"
+        )
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return stem
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["vit", "vitl", "vitx"])
+    parser.add_argument("--data", default="digits", help="digits | cifar10 | synthetic")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--cpu-micro-batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=4, help="training steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--eval-images", type=int, default=512)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    images, mean, std = load_images(args.data, max(args.steps * args.batch, args.eval_images))
+    rows = []
+    for preset in tqdm(args.presets, desc="bench"):
+        rows += bench_preset(preset, images, mean, std, args, device)
+    write_results(pd.DataFrame(rows), device_label(device), args)
+
+
+if __name__ == "__main__":
+    main()
