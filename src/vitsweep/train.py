@@ -125,6 +125,33 @@ class StepContext:
     settings: TrainerSettings
 
 
+class PassMeter:
+    """Loss, accuracy and throughput of one pass over a loader. Sums stay on the device (an
+    .item() per step would stall a GPU every batch) and are read once, at the end."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().float() * len(labels)
+        self.correct += (logits.argmax(dim=1) == labels).sum()
+        self.seen += len(labels)
+
+    def read(self, metric: str, timing: str) -> dict[str, float]:
+        _sync(self.device)
+        seconds = time.perf_counter() - self.start
+        return {
+            f"{metric}_loss": self.loss_sum.item() / self.seen,
+            f"{metric}_acc": self.correct.item() / self.seen,
+            f"{timing}_s": seconds,
+            f"{timing}_img_per_s": self.seen / seconds,
+        }
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Batches,
@@ -134,42 +161,29 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over the training set; returns loss, accuracy, seconds and images/s."""
     device = next(model.parameters()).device
-    s = ctx.settings
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    start = time.perf_counter()
+    meter = PassMeter(device)
     for images, labels in loader:
         images, labels = _to_device(images, labels, device)
         ctx.optimizer.zero_grad(set_to_none=True)
         # Micro-batches add up to the batch's gradient; on CPU, smaller chunks stay in cache.
-        chunk = s.micro_batch_size or len(labels)
-        loss = torch.zeros((), device=device)
+        chunk = ctx.settings.micro_batch_size or len(labels)
+        batch_loss = torch.zeros((), device=device)
         for x, y in zip(images.split(chunk), labels.split(chunk)):
             with ctx.autocast():
                 logits = model(x)
-                part = ctx.criterion(logits, y) * (len(y) / len(labels))
-            part.backward()
-            loss += part.detach()
-            correct += (logits.argmax(dim=1) == y).sum()
-        if s.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+                loss = ctx.criterion(logits, y)
+            share = len(y) / len(labels)
+            (loss * share).backward()
+            batch_loss += loss.detach() * share
+            meter.add(loss, logits, y)
+        if ctx.settings.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), ctx.settings.grad_clip)
         ctx.optimizer.step()
         ctx.scheduler.step()
-        # Accumulate on the device: a .item() per step would stall the GPU every batch.
-        loss_sum += loss * len(labels)
-        seen += len(labels)
-        on_step(loss)
+        on_step(batch_loss)
         progress.update(1)
-    _sync(device)
-    seconds = time.perf_counter() - start
-    return {
-        "train_loss": loss_sum.item() / seen,
-        "train_acc": correct.item() / seen,
-        "train_s": seconds,
-        "train_img_per_s": seen / seconds,
-    }
+    return meter.read("train", "train")
 
 
 @torch.no_grad()
@@ -182,25 +196,13 @@ def evaluate(
     """Loss and top-1 accuracy on the test set, with its wall time."""
     device = next(model.parameters()).device
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    start = time.perf_counter()
+    meter = PassMeter(device)
     for images, labels in loader:
         images, labels = _to_device(images, labels, device)
         with autocast():
             logits = model(images)
-        loss_sum += criterion(logits.float(), labels) * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
-        seen += len(labels)
-    _sync(device)
-    seconds = time.perf_counter() - start
-    return {
-        "test_loss": loss_sum.item() / seen,
-        "test_acc": correct.item() / seen,
-        "eval_s": seconds,
-        "eval_img_per_s": seen / seconds,
-    }
+        meter.add(criterion(logits.float(), labels), logits, labels)
+    return meter.read("test", "eval")
 
 
 def fit(
