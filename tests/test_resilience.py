@@ -184,6 +184,8 @@ def test_grad_clip_bounds_the_update(tmp_path):
         ("optim.lr=0", "optim.lr must be positive"),
         ("optim.lr=-1e-3", "optim.lr must be positive"),
         ("attention=linformer model.attention.k=0", "model.attention.k must be positive"),
+        ("attention=linformer model.attention.seq_len=100",
+         "model.attention.seq_len=100 but this model has 257 tokens (256 from the embedding"),
         ("data=fashion_mnist data.root=absent data.source.system_dir=absent "
          "data.source.download=false", "Fashion-MNIST not found"),
         ("device.name=tpu", "unknown device 'tpu'"),

@@ -123,7 +123,15 @@ class VisionTransformer(nn.Module):
         else:
             self.pos = None
         # Attention that is sized by its sequence (Linformer) is told the token count here.
-        extra = {"seq_len": seq_len} if _accepts(attention, "seq_len") else {}
+        extra = {}
+        if _accepts(attention, "seq_len"):
+            pinned = getattr(attention, "keywords", {}).get("seq_len")
+            if pinned is not None and pinned != seq_len:
+                raise ConfigError(
+                    f"model.attention.seq_len={pinned} but this model has {seq_len} tokens "
+                    f"({self.num_tokens} from the embedding{' + cls' if pool == 'cls' else ''})"
+                )
+            extra = {"seq_len": seq_len}
         self.blocks = nn.Sequential(
             *(
                 Block(dim, attention(dim=dim, heads=heads, **extra), mlp_dim, dropout, seed_quirks)
