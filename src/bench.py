@@ -8,10 +8,12 @@ augmentation, SDPA, bf16 autocast and a fused optimizer on CUDA, micro-batches o
 against a seed-style reference (the attention matrix written out, per-image PIL torchvision
 transforms through a DataLoader, fp32, eager), both through the same train_one_epoch() and
 evaluate() that training uses, in the same process and alternating round by round, so that
-the ratio holds on a noisy machine. Writes results/bench/<device>.md and .csv.
+the ratio holds on a noisy machine. Where timm is installed, its VisionTransformer in vit's
+shape, fed by our data path, is a second reference. Writes results/bench/<device>.md, .csv.
 """
 
 import argparse
+import importlib.util
 import re
 import statistics
 from functools import partial
@@ -64,6 +66,17 @@ def build_preset(preset: str, explicit: bool) -> nn.Module:
     return instantiate(cfg.model)
 
 
+def timm_reference(preset: str) -> nn.Module | None:
+    """timm's VisionTransformer in the vit preset's shape, where timm is installed."""
+    if preset != "vit" or importlib.util.find_spec("timm") is None:
+        return None
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    shape = {"img_size": 32, "patch_size": 2, "embed_dim": 128, "depth": 4, "num_heads": 8}
+    return VisionTransformer(**shape, mlp_ratio=4, num_classes=10, proj_drop_rate=0.1)
+
+
 class Contender:
     """One way of training a preset: a model, its loaders, its settings."""
 
@@ -112,6 +125,13 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
             torchvision_loader(eval_images, 512, mean, std), reference, device,
         ),
     ]  # fmt: skip
+    timm_model = timm_reference(preset)
+    if timm_model is not None:  # same data path and settings as ours: only the model differs
+        contenders.append(Contender(
+            "timm VisionTransformer", timm_model,
+            DeviceLoader(steps_images, args.batch, mean, std, device, train=True, augment=True),
+            DeviceLoader(eval_images, 512, mean, std, device), fast, device,
+        ))  # fmt: skip
     size = describe_model(fast_model.to(device), (3, 32, 32))
     for contender in contenders:  # warm-up: kernels, caches, allocator, compilation
         contender.run_round()
