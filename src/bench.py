@@ -140,6 +140,8 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
     for _ in tqdm(range(args.rounds), desc=preset, leave=False):
         for contender in contenders:  # alternate, so both see the same machine
             contender.run_round()
+    if args.profile:
+        write_profile(preset, contenders[0], args)
     rows = []
     reference_rate = statistics.median(contenders[1].train_rates)
     for contender in contenders:
@@ -161,6 +163,22 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
             "epoch_50k_s": 50_000 / train_rate,
         })  # fmt: skip
     return rows
+
+
+def write_profile(preset: str, contender: Contender, args: argparse.Namespace) -> None:
+    """Where one round of our training path spends its time: the top operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if contender.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        contender.run_round()
+    sort = "cuda_time_total" if contender.device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=50)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"profile_{preset}_{contender.device.type}.txt"
+    path.write_text(f"{preset}, {contender.name} path, one round of {args.steps} steps\n{table}")
 
 
 def write_results(frame: pd.DataFrame, label: str, args: argparse.Namespace) -> Path:
@@ -200,6 +218,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--eval-images", type=int, default=512)
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    parser.add_argument("--profile", action="store_true", help="write each preset's op profile")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args()

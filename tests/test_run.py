@@ -79,3 +79,15 @@ def test_unknown_group_option_names_the_choices(cli):
 
 def _line(stderr: str) -> str:
     return stderr.strip().removeprefix("error: ")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["vit", "vitl", "vitx"])
+def test_seed_presets_train_end_to_end_on_digits(cli, tmp_path, preset):
+    result = cli(f"model={preset}", "data=digits", "data.subset=256", "trainer.epochs=3",
+                 "trainer.batch_size=32", "trainer.micro_batch_size=16", "logger=none",
+                 "hydra.run.dir=run", timeout=1800)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert len(history) == 3 and history["train_loss"].notna().all()
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
