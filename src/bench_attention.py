@@ -151,6 +151,7 @@ def write_results(frame, label: str, args: argparse.Namespace) -> None:
     for ax, ylabel in zip(axes, ("ms per forward+backward", "peak MB")):
         ax.set(xscale="log", yscale="log", xlabel="tokens N", ylabel=ylabel)
         ax.set_xticks(args.tokens, [str(n) for n in args.tokens])
+        ax.minorticks_off()
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Attention cost vs tokens — {label}")
