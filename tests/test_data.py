@@ -113,3 +113,27 @@ def test_fashion_mnist_missing_offline_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist(str(tmp_path), download=False, system_dir=str(tmp_path / "none"))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_torchvision_path_gives_the_same_batches_without_augmentation(channels):
+    from vitsweep.data import torchvision_loader
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, channels, 8, 8), dtype=torch.uint8, generator=g)
+    data = ImageSet(images, torch.arange(10))
+    mean, std = [0.4] * channels, [0.2] * channels
+    ours = list(DeviceLoader(data, 4, mean, std, CPU))
+    theirs = list(torchvision_loader(data, 4, mean, std))
+    assert len(ours) == len(theirs) == 3
+    for (x, y), (tx, ty) in zip(ours, theirs):
+        assert torch.equal(y, ty)
+        assert torch.allclose(x, tx, atol=1e-5)
+
+
+def test_torchvision_loader_trains_through_the_cli(cli, tmp_path):
+    from tests.conftest import TINY
+
+    result = cli(*TINY, "trainer.epochs=1", "data.loader=torchvision", "hydra.run.dir=run")
+    assert result.returncode == 0, result.stderr
+    assert '"status": "completed"' in (tmp_path / "run" / "summary.json").read_text()
