@@ -50,11 +50,17 @@ def test_mission_sweep_ends_in_a_table_and_plots(cli, tmp_path):
     assert "| softmax | patch |" in result.stdout  # printed too
 
 
-def _wandb_record(run_dir) -> dict:
-    """What W&B itself wrote for an offline run, read back with its own CLI."""
-    offline = next((run_dir / "wandb").glob("offline-run-*"))
-    cmd = [sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json", str(offline)]
-    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+def _wandb_record(run_dir) -> tuple[dict, dict]:
+    """What W&B itself wrote for an offline run, read back with its own CLI: the config and
+    summary, and the run record (group, tags)."""
+    offline = str(next((run_dir / "wandb").glob("offline-run-*")))
+    inspect = [sys.executable, "-m", "wandb", "leet", "inspect", "--json"]
+    summary = subprocess.run([*inspect, "--summary", offline], capture_output=True, text=True,
+                             check=True)  # fmt: skip
+    records = subprocess.run([*inspect, offline], capture_output=True, text=True, check=True)
+    lines = (json.loads(line) for line in records.stdout.splitlines() if line.startswith("{"))
+    run = next(r["run"] for r in lines if r.get("type") == "run")
+    return json.loads(summary.stdout), run
 
 
 def test_joblib_jobs_keep_their_own_runs_and_configs(cli, tmp_path):
@@ -68,8 +74,10 @@ def test_joblib_jobs_keep_their_own_runs_and_configs(cli, tmp_path):
     seen = set()
     for job in jobs:
         overrides = (job / ".hydra" / "overrides.yaml").read_text()
-        record = _wandb_record(job)
+        record, run = _wandb_record(job)
         choices = record["config"]["choices"]
+        assert run["run_group"] == "parallel"  # the sweep's name, shared by its jobs
+        assert f"attention={choices['attention']}" in run["tags"]
         assert f"attention={choices['attention']}" in overrides
         assert f"embedding={choices['embedding']}" in overrides
         assert record["summary"]["status"] == "completed"
