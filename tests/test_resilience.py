@@ -224,3 +224,14 @@ def test_wandb_online_without_credentials_warns_and_trains_on(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and "best_test_acc" in summary
     assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 1
+
+
+def test_wandb_takes_long_overrides_as_tags(tmp_path):
+    from vitsweep.tracking import WandbTracker
+
+    tracker = WandbTracker({"a": 1}, tmp_path, mode="offline", tags=["x=" + "a" * 100])
+    try:
+        assert tracker.run is not None  # not given up on: W&B refuses tags over 64 chars
+        assert all(len(tag) <= 64 for tag in tracker.run.tags)
+    finally:
+        tracker.finish()

@@ -34,6 +34,7 @@ class WandbTracker(NullTracker):
 
     # Online without an account must fail fast, not wait for a login prompt or the network.
     INIT_TIMEOUT_S = 30
+    MAX_TAG = 64  # W&B refuses longer tags (a long override such as a path would be one)
 
     def __init__(
         self,
@@ -60,7 +61,7 @@ class WandbTracker(NullTracker):
                 project=project,
                 entity=entity,
                 group=group,
-                tags=list(tags),
+                tags=[tag[: self.MAX_TAG] for tag in tags],
                 name=name or None,
                 mode=mode,
                 config=run_config,
