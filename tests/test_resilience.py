@@ -188,6 +188,7 @@ def test_grad_clip_bounds_the_update(tmp_path):
          "model.attention.seq_len=100 but this model has 257 tokens (256 from the embedding"),
         ("data=fashion_mnist data.root=absent data.source.system_dir=absent "
          "data.source.download=false", "Fashion-MNIST not found"),
+        ("data.loader=dali", "data.loader must be device or torchvision"),
         ("device.name=tpu", "unknown device 'tpu'"),
     ],
 )  # fmt: skip

@@ -231,10 +231,13 @@ def build_loaders(
 ) -> tuple[DeviceLoader | torch.utils.data.DataLoader, ...]:
     """Train and test loaders as the data config asks: ``loader: device`` (the default; the
     whole set on the device, batched augmentation) or ``loader: torchvision`` (per image)."""
+    loader = data_cfg.get("loader", "device")
+    if loader not in ("device", "torchvision"):
+        raise ConfigError(f"data.loader must be device or torchvision, got '{loader}'")
     train, test = (s.head(data_cfg["subset"]) for s in instantiate(data_cfg["source"]))
     stats = {"mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
     augment = data_cfg["augment"]
-    if data_cfg.get("loader", "device") == "torchvision":
+    if loader == "torchvision":
         workers = data_cfg.get("workers", 0)
         return (
             torchvision_loader(train, batch_size, **stats, train=True, augment=augment,

@@ -70,8 +70,8 @@ def build_optimizer(
     factory: Callable[..., torch.optim.Optimizer], model: nn.Module, device: torch.device
 ) -> torch.optim.Optimizer:
     """The configured optimizer, fused into one kernel on CUDA where it offers that."""
-    lr = factory.keywords.get("lr", 0) if isinstance(factory, partial) else 0
-    if lr <= 0:
+    lr = factory.keywords.get("lr") if isinstance(factory, partial) else None
+    if lr is not None and lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {lr}")
     target = factory.func if isinstance(factory, partial) else factory
     fused = device.type == "cuda" and "fused" in inspect.signature(target).parameters
