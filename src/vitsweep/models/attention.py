@@ -1,7 +1,10 @@
 """Attention mechanisms. Each is one ``nn.Module`` mapping ``(B, N, D) -> (B, N, D)``.
 
-Every class takes ``dim`` and ``heads`` first (the model passes them); anything after that is
-the mechanism's own knob, set from its YAML file in ``conf/attention/``. They share one frame,
+Every class is built with the same four arguments, ``(dim, heads, num_tokens, seed_quirks)``,
+and uses what it needs of them (only Linformer needs the token count, only softmax has a seed
+quirk); anything after those is the mechanism's own knob, set from its YAML file in
+``conf/attention/``. Their annotations are the knobs' types and their constructors check the
+ranges, so a new variant declares its own settings. They share one frame,
 ``MultiHeadAttention``: project to q, k, v, split heads, ``attend``, merge, project out. A
 variant is its ``attend(q, k, v)`` on (B, H, N, d) tensors, which is what the tests check
 against each mechanism's definition.
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, require
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -29,7 +32,8 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_heads(dim: int, heads: int) -> None:
-    if heads < 1 or dim % heads:
+    require(heads >= 1, "model.heads", heads, "a positive integer")
+    if dim % heads:
         raise ConfigError(f"model.dim={dim} is not divisible by model.heads={heads}")
 
 
@@ -60,25 +64,34 @@ def explicit_softmax_attention(
     return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1) @ v
 
 
+def kernel_attention(
+    phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """phi(Q) (phi(K)^T V) / (phi(Q) . sum_n phi(K_n) + eps): attention whose weights are
+    the dot products of a positive feature map, summed over keys first, so O(N) in tokens."""
+    kv = phi_k.transpose(-2, -1) @ v  # (B, H, m, d)
+    norm = phi_q @ phi_k.sum(dim=2, keepdim=True).transpose(-2, -1)  # (B, H, N, 1)
+    return (phi_q @ kv) / (norm + eps)
+
+
 class SoftmaxAttention(MultiHeadAttention):
     """Multi-head dot-product attention, softmax(QK^T / sqrt(d)) V. O(N^2) time and memory.
 
     ``impl="sdpa"`` calls torch's ``scaled_dot_product_attention``, which picks the flash,
     memory-efficient or math kernel itself; ``impl="explicit"`` builds the attention matrix.
-    ``full_width_scale`` reproduces the seed's 1/sqrt(dim) scale instead of 1/sqrt(head_dim).
+    ``seed_quirks`` scales by 1/sqrt(dim) as the seed did, instead of 1/sqrt(head_dim).
     Projections carry biases, as in the seed.
     """
 
     def __init__(
-        self, dim: int, heads: int, impl: str = "sdpa", full_width_scale: bool = False
+        self, dim: int, heads: int, num_tokens: int, seed_quirks: bool = False, impl: str = "sdpa"
     ) -> None:
         super().__init__(dim, heads, bias=True)
-        if impl not in ("sdpa", "explicit"):
-            raise ConfigError(f"model.attention.impl must be sdpa or explicit, got '{impl}'")
+        require(impl in ("sdpa", "explicit"), "model.attention.impl", impl, "sdpa or explicit")
         self.kernel = (
             F.scaled_dot_product_attention if impl == "sdpa" else explicit_softmax_attention
         )
-        self.scale = dim**-0.5 if full_width_scale else None  # None: 1/sqrt(head_dim)
+        self.scale = dim**-0.5 if seed_quirks else None  # None: 1/sqrt(head_dim)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.kernel(q, k, v, scale=self.scale)
@@ -87,21 +100,22 @@ class SoftmaxAttention(MultiHeadAttention):
 class LinearAttention(MultiHeadAttention):
     """Linear attention (Katharopoulos et al., 2020), non-causal, O(N d^2).
 
-    With phi(x) = elu(x) + 1:  out = phi(Q) (phi(K)^T V) / (phi(Q) . sum_n phi(K_n) + eps).
-    The two reductions over the sequence run in fp32 even under bf16 autocast: they sum up to
-    N = 1024 positive terms, which bf16's 8-bit mantissa cannot hold accurately.
+    ``kernel_attention`` with phi(x) = elu(x) + 1. The two sums over the sequence run in fp32
+    even under bf16 autocast: they add up to N = 1024 positive terms, which bf16's 8-bit
+    mantissa cannot hold accurately.
     """
 
-    def __init__(self, dim: int, heads: int, eps: float = 1e-6) -> None:
+    def __init__(
+        self, dim: int, heads: int, num_tokens: int, seed_quirks: bool = False, eps: float = 1e-6
+    ) -> None:
         super().__init__(dim, heads)
+        require(eps >= 0, "model.attention.eps", eps, "a number >= 0")
         self.eps = eps
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=q.device.type, enabled=False):
-            q, k, v = F.elu(q.float()) + 1, F.elu(k.float()) + 1, v.float()
-            kv = k.transpose(-2, -1) @ v  # (B, H, d, d): phi(K)^T V
-            norm = q @ k.sum(dim=2, keepdim=True).transpose(-2, -1)  # (B, H, N, 1)
-            return (q @ kv) / (norm + self.eps)
+            phi_q, phi_k = F.elu(q.float()) + 1, F.elu(k.float()) + 1
+            return kernel_attention(phi_q, phi_k, v.float(), self.eps)
 
 
 class PerformerAttention(MultiHeadAttention):
@@ -117,13 +131,29 @@ class PerformerAttention(MultiHeadAttention):
         self,
         dim: int,
         heads: int,
+        num_tokens: int,
+        seed_quirks: bool = False,
         features: int | None = None,
         redraw_interval: int | None = None,
         eps: float = 1e-6,
     ) -> None:
         super().__init__(dim, heads)
+        positive_or_null = "a positive integer, or null"
+        require(
+            features is None or features >= 1,
+            "model.attention.features",
+            features,
+            positive_or_null + " (d_head * ln d_head)",
+        )
+        require(
+            redraw_interval is None or redraw_interval >= 1,
+            "model.attention.redraw_interval",
+            redraw_interval,
+            positive_or_null,
+        )
+        require(eps >= 0, "model.attention.eps", eps, "a number >= 0")
         d = self.head_dim
-        self.features = features or max(1, round(d * math.log(d)))
+        self.features = features if features is not None else max(1, round(d * math.log(d)))
         self.redraw_interval = redraw_interval
         self.eps = eps
         self.register_buffer("projection", self.draw_features())
@@ -157,11 +187,9 @@ class PerformerAttention(MultiHeadAttention):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=q.device.type, enabled=False):
-            q = self.feature_map(q.float(), is_query=True)
-            k = self.feature_map(k.float(), is_query=False)
-            kv = k.transpose(-2, -1) @ v.float()  # (B, H, m, d)
-            norm = q @ k.sum(dim=2, keepdim=True).transpose(-2, -1)  # (B, H, N, 1)
-            return (q @ kv) / norm
+            phi_q = self.feature_map(q.float(), is_query=True)
+            phi_k = self.feature_map(k.float(), is_query=False)
+            return kernel_attention(phi_q, phi_k, v.float(), eps=0.0)  # eps is inside phi
 
 
 def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -192,10 +220,23 @@ class NystromAttention(MultiHeadAttention):
     ``pinv_iterations=0`` uses the exact pseudo-inverse instead of Newton-Schulz.
     """
 
-    def __init__(self, dim: int, heads: int, landmarks: int = 32, pinv_iterations: int = 6) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        num_tokens: int,
+        seed_quirks: bool = False,
+        landmarks: int = 32,
+        pinv_iterations: int = 6,
+    ) -> None:
         super().__init__(dim, heads)
-        if landmarks < 1:
-            raise ConfigError(f"model.attention.landmarks must be positive, got {landmarks}")
+        require(landmarks >= 1, "model.attention.landmarks", landmarks, "a positive integer")
+        require(
+            pinv_iterations >= 0,
+            "model.attention.pinv_iterations",
+            pinv_iterations,
+            "an integer >= 0 (0: the exact pseudo-inverse)",
+        )
         self.landmarks = landmarks
         self.pinv_iterations = pinv_iterations
 
@@ -218,22 +259,23 @@ class LinformerAttention(MultiHeadAttention):
     """Linformer (Wang et al., 2020): softmax attention over keys and values projected along
     the sequence to k rows by learned (k, N) matrices, O(N k).
 
-    The projections fix the token count at build time: the model passes ``seq_len``, and an
-    input of another length is an error, not a silent broadcast.
+    The projections fix the token count at build time (``num_tokens``): an input of another
+    length is an error, not a silent broadcast.
     """
 
-    def __init__(self, dim: int, heads: int, seq_len: int, k: int = 64) -> None:
+    def __init__(
+        self, dim: int, heads: int, num_tokens: int, seed_quirks: bool = False, k: int = 64
+    ) -> None:
         super().__init__(dim, heads)
-        if k < 1:
-            raise ConfigError(f"model.attention.k must be positive, got {k}")
-        self.seq_len = seq_len
-        self.proj_k = nn.Parameter(torch.randn(k, seq_len) / math.sqrt(seq_len))
-        self.proj_v = nn.Parameter(torch.randn(k, seq_len) / math.sqrt(seq_len))
+        require(k >= 1, "model.attention.k", k, "a positive integer")
+        self.num_tokens = num_tokens
+        self.proj_k = nn.Parameter(torch.randn(k, num_tokens) / math.sqrt(num_tokens))
+        self.proj_v = nn.Parameter(torch.randn(k, num_tokens) / math.sqrt(num_tokens))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if k.shape[-2] != self.seq_len:
+        if k.shape[-2] != self.num_tokens:
             raise ConfigError(
-                f"linformer was built for {self.seq_len} tokens but got {k.shape[-2]}; "
+                f"linformer was built for {self.num_tokens} tokens but got {k.shape[-2]}; "
                 "its projections are sized by the model's token count"
             )
         return F.scaled_dot_product_attention(q, self.proj_k @ k, self.proj_v @ v)

@@ -1,19 +1,22 @@
 """Image-to-token embeddings. Each is one ``nn.Module`` mapping ``(B, C, H, W) -> (B, N, D)``.
 
-Every class takes ``in_channels``, ``dim`` and ``image_size`` (the model passes them from the
-data config) and exposes ``num_tokens``, which the model needs to size its positional table.
+Every class is built with the same three arguments, ``(in_channels, dim, image_size)`` (the
+model passes them from the data config); anything after those is the embedding's own knob, set
+from its YAML file in ``conf/embedding/``. Each exposes ``num_tokens``, which the model needs to
+size its positional table and to tell attention how long the sequence is.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, require
 
 
 def token_grid(image_size: int, patch_size: int) -> int:
     """Tokens along one side of the image; the patch must tile the image exactly."""
-    if patch_size < 1 or image_size % patch_size:
+    require(patch_size >= 1, "model.embedding.patch_size", patch_size, "a positive integer")
+    if image_size % patch_size:
         raise ConfigError(
             f"image size {image_size} is not divisible by model.embedding.patch_size={patch_size}"
         )
@@ -52,6 +55,12 @@ class ConvEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         self.num_tokens = token_grid(image_size, patch_size) ** 2
+        require(
+            all(c >= 1 for c in channels),
+            "model.embedding.channels",
+            channels,
+            "a list of positive integers",
+        )
         widths = (in_channels, *channels, dim)
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(widths, widths[1:])):
@@ -75,6 +84,7 @@ class ConvPatchEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         self.num_tokens = token_grid(image_size, patch_size) ** 2
+        require(channels >= 1, "model.embedding.channels", channels, "a positive integer")
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, channels, 3, padding=1),
             nn.ReLU(),

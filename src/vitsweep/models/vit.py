@@ -1,18 +1,23 @@
 """The Vision Transformer that every preset and every mix of parts builds.
 
 Embedding and attention arrive as factories (``functools.partial`` objects that Hydra makes
-from the ``embedding`` and ``attention`` config groups), so this file never names a variant.
+from the ``embedding`` and ``attention`` config groups), so this file never names a variant: it
+calls every embedding with ``(in_channels, dim, image_size)`` and every attention with
+``(dim, heads, num_tokens, seed_quirks)``, and never looks at which one it got.
 """
 
-import inspect
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, require_each
 from vitsweep.models.attention import check_heads
+
+# The contract: what every embedding and every attention is built with (their first arguments).
+EMBEDDING_ARGS = ("in_channels", "dim", "image_size")
+ATTENTION_ARGS = ("dim", "heads", "num_tokens", "seed_quirks")
 
 
 class FeedForward(nn.Sequential):
@@ -66,10 +71,6 @@ def sincos_positions(num_tokens: int, dim: int) -> torch.Tensor:
     return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
 
 
-def _accepts(factory: Callable[..., nn.Module], name: str) -> bool:
-    return name in inspect.signature(factory).parameters
-
-
 class VisionTransformer(nn.Module):
     """Tokens from ``embedding``, positions, ``depth`` blocks, a head on the pooled tokens.
 
@@ -78,9 +79,9 @@ class VisionTransformer(nn.Module):
     ``sincos`` (fixed 2-D sine-cosine; the cls token gets none), or ``none``.
 
     ``seed_quirks=True`` rebuilds the seed exactly as it was written: softmax scaled by
-    1/sqrt(dim) (set in conf/attention/softmax.yaml), the residual stream normalised in each
-    block, and cls/positions initialised with std 1 instead of 0.02. None of them changes
-    the parameter count.
+    1/sqrt(dim) (the attention is told), the residual stream normalised in each block, and
+    cls/positions initialised with std 1 instead of 0.02. None of them changes the parameter
+    count.
     """
 
     def __init__(
@@ -100,13 +101,22 @@ class VisionTransformer(nn.Module):
         seed_quirks: bool = False,
     ) -> None:
         super().__init__()
+        positive = "a positive integer"
+        sizes = {
+            "image_size": image_size,
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "dim": dim,
+            "depth": depth,
+            "mlp_dim": mlp_dim,
+        }
+        require_each("model", [(field, v, v >= 1, positive) for field, v in sizes.items()])
         check_heads(dim, heads)
-        if depth < 1:
-            raise ConfigError(f"model.depth must be at least 1, got {depth}")
-        if pool not in ("cls", "mean"):
-            raise ConfigError(f"model.pool must be cls or mean, got '{pool}'")
-        if pos not in ("learned", "sincos", "none"):
-            raise ConfigError(f"model.pos must be learned, sincos or none, got '{pos}'")
+        require_each("model", [
+            ("dropout", dropout, 0 <= dropout < 1, "a probability in [0, 1)"),
+            ("pool", pool, pool in ("cls", "mean"), "cls or mean"),
+            ("pos", pos, pos in ("learned", "sincos", "none"), "learned, sincos or none"),
+        ])  # fmt: skip
         self.embed = embedding(in_channels=in_channels, dim=dim, image_size=image_size)
         self.num_tokens = self.embed.num_tokens
         self.pool = pool
@@ -122,21 +132,9 @@ class VisionTransformer(nn.Module):
             self.register_buffer("pos", table.unsqueeze(0), persistent=False)
         else:
             self.pos = None
-        # Attention that is sized by its sequence (Linformer) is told the token count here.
-        extra = {}
-        if _accepts(attention, "seq_len"):
-            pinned = getattr(attention, "keywords", {}).get("seq_len")
-            if pinned is not None and pinned != seq_len:
-                raise ConfigError(
-                    f"model.attention.seq_len={pinned} but this model has {seq_len} tokens "
-                    f"({self.num_tokens} from the embedding{' + cls' if pool == 'cls' else ''})"
-                )
-            extra = {"seq_len": seq_len}
+        parts = {"dim": dim, "heads": heads, "num_tokens": seq_len, "seed_quirks": seed_quirks}
         self.blocks = nn.Sequential(
-            *(
-                Block(dim, attention(dim=dim, heads=heads, **extra), mlp_dim, dropout, seed_quirks)
-                for _ in range(depth)
-            )
+            *(Block(dim, attention(**parts), mlp_dim, dropout, seed_quirks) for _ in range(depth))
         )
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
 
