@@ -14,25 +14,24 @@ shape, fed by our data path, is a second reference. Writes results/bench/<device
 
 import argparse
 import importlib.util
-import re
 import statistics
 from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 from tqdm import tqdm
 
+from vitsweep.config import compose_config
 from vitsweep.data import DeviceLoader, ImageSet, torchvision_loader
 from vitsweep.device import device_label, resolve_device
+from vitsweep.files import slug
 from vitsweep.measure import describe_model, peak_memory_mb, reset_peak_memory
+from vitsweep.tracking import NullTracker
 from vitsweep.train import (
-    StepContext,
     TrainerSettings,
-    autocast_for,
     build_optimizer,
     cosine_schedule,
     evaluate,
@@ -48,8 +47,7 @@ def load_images(name: str, count: int) -> tuple[ImageSet, list[float], list[floa
         g = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=g)
         return ImageSet(images, torch.randint(0, 10, (count,), generator=g)), [0.5] * 3, [0.25] * 3
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        data = compose("config", overrides=[f"data={name}"]).data
+    data = compose_config([f"data={name}"]).data
     train, _ = instantiate(data.source)
     repeats = -(-count // len(train))  # digits has 1,437 images: cycle them if asked for more
     images, labels = train.images.repeat(repeats, 1, 1, 1), train.labels.repeat(repeats)
@@ -57,9 +55,7 @@ def load_images(name: str, count: int) -> tuple[ImageSet, list[float], list[floa
 
 
 def build_preset(preset: str, explicit: bool) -> nn.Module:
-    overrides = [f"model={preset}", "data=cifar10"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config([f"model={preset}", "data=cifar10"])
     if explicit and cfg.model.attention._target_.endswith("SoftmaxAttention"):
         cfg.model.attention.impl = "explicit"
     torch.manual_seed(0)
@@ -83,21 +79,18 @@ class Contender:
     def __init__(self, name, model, train_loader, test_loader, settings, device):
         self.name, self.model, self.settings = name, model.to(device), settings
         self.train_loader, self.test_loader, self.device = train_loader, test_loader, device
-        optimizer = build_optimizer(partial(torch.optim.AdamW, lr=1e-3), self.model, device)
-        schedule = cosine_schedule(optimizer, 10**6, 0, 0.01)
-        self.autocast = autocast_for(device, settings.precision)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-        self.ctx = StepContext(optimizer, schedule, self.criterion, self.autocast, settings)
+        self.optimizer = build_optimizer(partial(torch.optim.AdamW, lr=1e-3), self.model, device)
+        self.schedule = cosine_schedule(self.optimizer, 10**6, 0, 0.01)
         self.train_rates, self.eval_rates, self.peak_mb = [], [], 0.0
 
     def run_round(self) -> None:
         reset_peak_memory(self.device)
-        quiet = tqdm(disable=True)
-        stats = train_one_epoch(self.model, self.train_loader, self.ctx, lambda loss: None, quiet)
+        stats, _ = train_one_epoch(self.model, self.train_loader, self.optimizer, self.schedule,
+                                   self.settings, NullTracker(), step=0)  # fmt: skip
         self.peak_mb = max(self.peak_mb, peak_memory_mb(self.device))
         self.train_rates.append(stats["train_img_per_s"])
-        evaluated = evaluate(self.model, self.test_loader, self.criterion, self.autocast)
-        self.eval_rates.append(evaluated["eval_img_per_s"])
+        evaluated = evaluate(self.model, self.test_loader, self.settings)
+        self.eval_rates.append(evaluated["test_img_per_s"])
 
 
 def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
@@ -106,10 +99,10 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
     eval_images = ImageSet(images.images[: args.eval_images], images.labels[: args.eval_images])
     on_cuda = device.type == "cuda"
     fast = TrainerSettings(
-        batch_size=args.batch, precision="auto",
+        batch_size=args.batch, precision="auto", progress=False,
         micro_batch_size=None if on_cuda else args.cpu_micro_batch,
     )  # fmt: skip
-    reference = TrainerSettings(batch_size=args.batch, precision="fp32")
+    reference = TrainerSettings(batch_size=args.batch, precision="fp32", progress=False)
     fast_model = build_preset(preset, explicit=False)
     if on_cuda:
         fast_model = fast_model.to(memory_format=torch.channels_last)
@@ -183,7 +176,7 @@ def write_profile(preset: str, contender: Contender, args: argparse.Namespace) -
 
 def write_results(frame: pd.DataFrame, label: str, args: argparse.Namespace) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").lower()
+    stem = args.out / slug(label)
     frame.to_csv(stem.with_suffix(".csv"), index=False)
     lines = [
         f"# Training throughput — {label}",

@@ -13,7 +13,6 @@ results/attention/<device>.{csv,md,png}.
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -21,36 +20,37 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from vitsweep.config import CONF_DIR, compose_config, options
+from vitsweep.device import resolve_device
+from vitsweep.files import slug
 from vitsweep.measure import memory_in_use_mb, peak_memory_mb, reset_peak_memory
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {
-    "softmax": ["attention=softmax"],
-    "softmax (explicit)": ["attention=softmax", "model.attention.impl=explicit"],
-    "linear": ["attention=linear"],
-    "performer": ["attention=performer"],
-    "nystrom": ["attention=nystrom"],
-    "linformer": ["attention=linformer"],
-}
 
 
-def build_attention(variant: str, dim: int, heads: int, tokens: int) -> torch.nn.Module:
+def variants(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+    """Every option of conf/attention, and softmax with its N x N matrix written out."""
+    found = {name: [f"attention={name}"] for name in options("attention", conf_dir)}
+    if "softmax" in found:
+        found["softmax (explicit)"] = ["attention=softmax", "model.attention.impl=explicit"]
+    return found
+
+
+def build_attention(variant: str, dim: int, heads: int, tokens: int, conf_dir: Path = CONF_DIR):
     """The attention as training builds it: from its conf/attention YAML, defaults and all."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=VARIANTS[variant])
+    cfg = compose_config(variants(conf_dir)[variant], conf_dir)
     factory = instantiate(cfg.model.attention)
-    extra = {"seq_len": tokens} if variant == "linformer" else {}
-    return factory(dim=dim, heads=heads, **extra)
+    return factory(dim=dim, heads=heads, num_tokens=tokens, seed_quirks=False)
 
 
-def measure(variant: str, tokens: int, batch: int, dim: int, heads: int, repeats: int, device: str):
+def measure(variant: str, tokens: int, batch: int, dim: int, heads: int, repeats: int, device: str,
+            conf_dir: Path = CONF_DIR) -> dict[str, float]:  # fmt: skip
     """One variant at one N, in this (fresh) process: peak MB and seconds per fwd+bwd."""
     torch.manual_seed(0)
     dev = torch.device(device)
-    attention = build_attention(variant, dim, heads, tokens).to(dev)
+    attention = build_attention(variant, dim, heads, tokens, conf_dir).to(dev)
     x = torch.randn(batch, tokens, dim, device=dev, requires_grad=True)
 
     def step() -> None:
@@ -81,12 +81,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "attention")
+    parser.add_argument("--conf-dir", type=Path, default=CONF_DIR, help="the config tree")
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    sizes = (args.batch, args.dim, args.heads, args.repeats, device)
+    device = str(resolve_device(args.device))
+    sizes = (args.batch, args.dim, args.heads, args.repeats, device, args.conf_dir)
 
     if args.child:
         print(json.dumps(measure(args.child[0], int(args.child[1]), *sizes)))
@@ -99,11 +98,12 @@ def main() -> None:
 
     label = device_label(torch.device(device))
     rows = []
-    jobs = [(v, n) for n in args.tokens for v in VARIANTS]
+    names = list(variants(args.conf_dir))
+    jobs = [(v, n) for n in args.tokens for v in names]
     for variant, tokens in tqdm(jobs, desc="attention bench"):
         cmd = [sys.executable, __file__, "--child", variant, str(tokens), "--device", device,
                "--batch", str(args.batch), "--dim", str(args.dim), "--heads", str(args.heads),
-               "--repeats", str(args.repeats)]  # fmt: skip
+               "--repeats", str(args.repeats), "--conf-dir", str(args.conf_dir)]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             tqdm.write(f"{variant} at {tokens} failed: {done.stderr.strip().splitlines()[-1]}")
@@ -114,20 +114,20 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     reference = frame[frame["attention"] == "softmax"].set_index("tokens")["seconds"]
     frame["time_vs_sdpa"] = frame["seconds"] / frame["tokens"].map(reference)
-    write_results(frame, label, args)
+    write_results(frame, label, names, args)
 
 
-def write_results(frame, label: str, args: argparse.Namespace) -> None:
+def write_results(frame, label: str, names: list[str], args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").lower()
+    stem = args.out / slug(label)
     frame.to_csv(stem.with_suffix(".csv"), index=False)
     table = frame.pivot(index="attention", columns="tokens", values=["seconds", "peak_mb"])
-    table = table.reindex(list(VARIANTS))
+    table = table.reindex(names)
     lines = [
         f"# Attention forward+backward vs tokens — {label}",
         "",

@@ -1,9 +1,10 @@
 """Rebuild a sweep's comparison table and plots, from local run records or from W&B.
 
-    python src/report.py multirun/2026-11-27/12-00-00             # -> results/2026-11-27_12-00-00/
+    python src/report.py multirun/my_sweep                        # -> results/my_sweep/
     python src/report.py --wandb ENTITY/PROJECT --group GROUP     # -> results/GROUP/
 
-Both write comparison.md, comparison.csv, accuracy.png and latency.png, from one schema.
+Both write comparison.md, comparison.csv and the plots, from one schema. The results folder is
+named after the sweep's ``sweep_name`` (kept in its records), as at the end of the sweep.
 """
 
 import argparse
@@ -35,12 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep_dir is None or not args.sweep_dir.is_dir():
             parser.error(f"sweep directory not found: {args.sweep_dir}")
         runs, curves = load_sweep(args.sweep_dir)
-        name, source = args.name or sweep_name(args.sweep_dir), str(args.sweep_dir)
+        name, source = args.name or sweep_name(args.sweep_dir, runs), args.sweep_dir
     if runs.empty:
         print(f"error: no runs found in {source}", file=sys.stderr)
         return 2
     out_dir = args.results / name
-    table = write_report(runs, curves, out_dir, f"Sweep {name}\n\nFrom {source} ({len(runs)} runs)")
+    try:
+        table = write_report(runs, curves, out_dir, source)
+    except Exception as err:
+        print(f"error: the table could not be built: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     print(f"{table}\nComparison of {len(runs)} runs in {out_dir}/")
     return 0
 

@@ -6,8 +6,9 @@ data config (conf/data/*.yaml), never in a model.
 """
 
 import gzip
+import importlib.util
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, require, require_each
 
 
 @dataclass
@@ -40,20 +41,36 @@ def _from_torchvision(dataset) -> ImageSet:
     return ImageSet(images.contiguous(), labels)
 
 
-def load_digits(image_size: int = 32, test_fraction: float = 0.2) -> tuple[ImageSet, ImageSet]:
-    """scikit-learn's bundled 8x8 digits, upsampled to ``image_size`` and repeated to RGB."""
-    from sklearn.datasets import load_digits as sklearn_digits
-    from sklearn.model_selection import train_test_split
+def stratified_split(
+    labels: torch.Tensor, test_fraction: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and test indices holding ``test_fraction`` of every class in the test split."""
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in labels.unique(sorted=True):
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        n_test = round(len(members) * test_fraction)
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
 
-    digits = sklearn_digits()
-    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+
+def load_digits(image_size: int = 32, test_fraction: float = 0.2) -> tuple[ImageSet, ImageSet]:
+    """scikit-learn's bundled 8x8 digits (its CSV, read directly, so a run imports neither
+    scikit-learn nor pandas), upsampled to ``image_size`` and repeated to RGB, with a fixed
+    stratified split."""
+    require(image_size >= 1, "data.image_size", image_size, "a positive integer")
+    require(0 < test_fraction < 1, "data.source.test_fraction", test_fraction, "a number in (0, 1)")
+    sklearn = importlib.util.find_spec("sklearn")
+    if sklearn is None or sklearn.origin is None:
+        raise ConfigError("data=digits needs scikit-learn: pip install scikit-learn")
+    table = np.loadtxt(Path(sklearn.origin).parent / "datasets/data/digits.csv.gz", delimiter=",")
+    images = torch.as_tensor(table[:, :64], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     images = F.interpolate(images, size=image_size, mode="bilinear", align_corners=False)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
-    labels = torch.as_tensor(digits.target, dtype=torch.int64)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=test_fraction, random_state=0, stratify=digits.target
-    )
-    split = (torch.as_tensor(train_idx), torch.as_tensor(test_idx))
+    labels = torch.as_tensor(table[:, 64], dtype=torch.int64)
+    split = stratified_split(labels, test_fraction)
     return tuple(ImageSet(images[i].contiguous(), labels[i]) for i in split)  # type: ignore[return-value]
 
 
@@ -217,13 +234,48 @@ def torchvision_loader(
         ]
     )
     return torch.utils.data.DataLoader(
-        PILImageSet(data, transform), batch_size=batch_size, shuffle=train, drop_last=train,
+        PILImageSet(data, transform),
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
         num_workers=workers,
-    )  # fmt: skip
+    )
+
+
+@dataclass
+class DataSettings:
+    """The ``data:`` block (conf/data/*.yaml); each range is checked when it is built."""
+
+    source: dict[str, Any]  # what loads the set: a _target_ and its arguments
+    name: str
+    image_size: int
+    channels: int
+    num_classes: int
+    mean: list[float]
+    std: list[float]
+    root: str = "data"
+    subset: int | None = None  # keep the first N images of each split
+    augment: bool = True
+    loader: str = "device"
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        d, per_channel = self, f"one number per channel ({self.channels})"
+        require_each("data", [
+            ("image_size", d.image_size, d.image_size >= 1, "a positive integer"),
+            ("channels", d.channels, d.channels >= 1, "a positive integer"),
+            ("num_classes", d.num_classes, d.num_classes >= 1, "a positive integer"),
+            ("mean", d.mean, len(d.mean) == d.channels, per_channel),
+            ("std", d.std, len(d.std) == d.channels, per_channel),
+            ("std", d.std, all(s > 0 for s in d.std), "positive numbers"),
+            ("subset", d.subset, d.subset is None or d.subset >= 1, "a positive integer or null"),
+            ("loader", d.loader, d.loader in ("device", "torchvision"), "device or torchvision"),
+            ("workers", d.workers, d.workers >= 0, "an integer >= 0"),
+        ])  # fmt: skip
 
 
 def build_loaders(
-    data_cfg: Mapping[str, Any],
+    data: DataSettings,
     batch_size: int,
     eval_batch_size: int,
     device: torch.device,
@@ -231,21 +283,18 @@ def build_loaders(
 ) -> tuple[DeviceLoader | torch.utils.data.DataLoader, ...]:
     """Train and test loaders as the data config asks: ``loader: device`` (the default; the
     whole set on the device, batched augmentation) or ``loader: torchvision`` (per image)."""
-    loader = data_cfg.get("loader", "device")
-    if loader not in ("device", "torchvision"):
-        raise ConfigError(f"data.loader must be device or torchvision, got '{loader}'")
-    train, test = (s.head(data_cfg["subset"]) for s in instantiate(data_cfg["source"]))
-    stats = {"mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
-    augment = data_cfg["augment"]
-    if loader == "torchvision":
-        workers = data_cfg.get("workers", 0)
+    train, test = (s.head(data.subset) for s in instantiate(data.source))
+    stats = {"mean": list(data.mean), "std": list(data.std)}
+    if data.loader == "torchvision":
         return (
-            torchvision_loader(train, batch_size, **stats, train=True, augment=augment,
-                               workers=workers),
-            torchvision_loader(test, eval_batch_size, **stats, workers=workers),
-        )  # fmt: skip
+            torchvision_loader(
+                train, batch_size, **stats, train=True, augment=data.augment, workers=data.workers
+            ),
+            torchvision_loader(test, eval_batch_size, **stats, workers=data.workers),
+        )
     return (
-        DeviceLoader(train, batch_size, **stats, device=device, train=True, augment=augment,
-                     seed=seed),
+        DeviceLoader(
+            train, batch_size, **stats, device=device, train=True, augment=data.augment, seed=seed
+        ),
         DeviceLoader(test, eval_batch_size, **stats, device=device),
-    )  # fmt: skip
+    )

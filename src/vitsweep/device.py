@@ -2,7 +2,7 @@
 
 import torch
 
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, require
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -13,8 +13,7 @@ def _mps_available() -> bool:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is cuda if available, else mps, else cpu; an explicit choice must exist."""
-    if name not in DEVICES:
-        raise ConfigError(f"unknown device '{name}'; choose one of {', '.join(DEVICES)}")
+    require(name in DEVICES, "device.name", name, "auto, cpu, cuda or mps")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():

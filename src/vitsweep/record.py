@@ -1,95 +1,267 @@
-"""The run record: what every run leaves in its own output directory.
+"""The run record: what every run leaves in its own directory, and the rules that keep it.
 
-    config.yaml    the resolved config (every interpolation filled in)
+    config.yaml    the resolved config (every interpolation filled in), the group choices and
+                   the command line's overrides
     history.csv    one row per epoch
     summary.json   size, cost, best/final accuracy, mean epoch times, status
+    checkpoint.pt  the state to resume from (vitsweep.checkpoint)
+    run.log        the log;  run.lock  held by the live process
 
-The comparison table reads these, so a run's results never depend on W&B being reachable.
-Files are replaced atomically (write a temporary file, then rename), so a reader never sees
-half a file, even when a run is killed mid-write.
+A directory is claimed before anything is written into it: one that holds another run is
+refused (unless it is resumed with the same config), and one that a live process holds is
+refused. Files are replaced atomically, and an epoch's history row and checkpoint are written
+with Ctrl-C and SIGTERM held back, so they always agree.
 """
 
+import contextlib
+import csv
+import io
 import json
-import os
+import logging
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 
+from vitsweep.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from vitsweep.errors import ConfigError
+from vitsweep.files import DirectoryLock, write_atomic
+
+DONE = ("completed", "sized")  # a resumed run in one of these states has nothing left to do
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _without_resume(config: dict[str, Any]) -> dict[str, Any]:
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a run to be resumed: the config without ``trainer.resume`` and
+    without the command line it came from (the same config can be typed in other ways)."""
     trainer = {k: v for k, v in config.get("trainer", {}).items() if k != "resume"}
-    return {**config, "trainer": trainer}
+    return {k: v for k, v in config.items() if k != "overrides"} | {"trainer": trainer}
+
+
+def differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = list(dict.fromkeys([*a, *b]))
+        return [d for k in keys for d in differences(a.get(k), b.get(k), f"{path}{k}.")]
+    return [] if a == b else [f"{path.rstrip('.')} ({a!r} -> {b!r})"]
 
 
 def summarise_history(history: list[dict[str, float]]) -> dict[str, float]:
     """Best and final accuracy, and mean per-epoch costs, from the per-epoch rows."""
     if not history:
         return {}
-    frame = pd.DataFrame(history)
-    evaluated = frame.dropna(subset=["test_acc"]) if "test_acc" in frame else frame.iloc[:0]
+    evaluated = [row for row in history if row.get("test_acc") is not None]
     summary = {
-        "epochs_done": int(frame["epoch"].max()),
-        "train_s_per_epoch": float(frame["train_s"].mean()),
-        "train_img_per_s": float(frame["train_img_per_s"].mean()),
-        "peak_mem_mb": float(frame["peak_mem_mb"].max()),
-        "final_train_loss": float(frame["train_loss"].iloc[-1]),
+        "epochs_done": int(history[-1]["epoch"]),
+        "train_s_per_epoch": sum(r["train_s"] for r in history) / len(history),
+        "train_img_per_s": sum(r["train_img_per_s"] for r in history) / len(history),
+        "peak_mem_mb": max(r["peak_mem_mb"] for r in history),
+        "final_train_loss": history[-1]["train_loss"],
     }
-    if len(evaluated):
-        best = evaluated.loc[evaluated["test_acc"].idxmax()]
+    if evaluated:
+        best = max(evaluated, key=lambda r: r["test_acc"])  # the first of equals
         summary |= {
-            "best_test_acc": float(best["test_acc"]),
+            "best_test_acc": best["test_acc"],
             "best_epoch": int(best["epoch"]),
-            "final_test_acc": float(evaluated["test_acc"].iloc[-1]),
-            "eval_s_per_epoch": float(evaluated["eval_s"].mean()),
+            "final_test_acc": evaluated[-1]["test_acc"],
+            "test_s_per_epoch": sum(r["test_s"] for r in evaluated) / len(evaluated),
         }
     return summary
 
 
-class RunRecord:
-    """A run's record. With ``resume``, an earlier record in ``run_dir`` is read back first.
-    If that record's config is not the one given (``trainer.resume`` aside), the directory
-    belongs to another run: ``foreign`` is set and nothing is ever written into it."""
+RENAMED = {"eval_s": "test_s", "eval_img_per_s": "test_img_per_s",
+           "eval_s_per_epoch": "test_s_per_epoch"}  # fmt: skip  # names before 0.2
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], resume: bool = False) -> None:
+
+def with_current_names(row: dict[str, Any]) -> dict[str, Any]:
+    return {RENAMED.get(k, k): v for k, v in row.items()}
+
+
+def history_csv(history: list[dict[str, float]]) -> str:
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return out.getvalue()
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as file:
+        rows = csv.DictReader(file)
+        return [with_current_names({k: float(v) for k, v in r.items() if v != ""}) for r in rows]
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back for the duration; one that arrives is raised again right
+    after. (Python runs signal handlers in the main thread, whichever thread the OS delivered
+    the signal to, so swapping the handlers holds them back where masking would not.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in held
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+class RunRecord:
+    """A claimed run directory. Build one with ``RunRecord.claim``; use it as a context
+    manager, which releases the directory (its lock and log file) at the end."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
         self.history: list[dict[str, float]] = []
         self.summary: dict[str, Any] = {"status": "running"}
-        self.foreign = False
-        config_path, summary_path = self.run_dir / "config.yaml", self.run_dir / "summary.json"
-        if resume and summary_path.exists():
-            earlier = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
-            if _without_resume(earlier) != _without_resume(config):
-                self.foreign = True
-                return
-            self.summary = json.loads(summary_path.read_text())
-        write_atomic(config_path, yaml.safe_dump(config, sort_keys=False))
+        self.resume_state: dict[str, Any] | None = None  # a checkpoint to carry on from
+        self.lock = DirectoryLock(self.run_dir)
+        self.log_handler: logging.Handler | None = None
 
-    def check_not_foreign(self) -> None:
-        if self.foreign:
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    @classmethod
+    def claim(cls, run_dir: Path, config: dict[str, Any], resume: bool) -> "RunRecord":
+        """Take ``run_dir`` for this run, or refuse with one line and leave it untouched.
+
+        Without ``resume``, a directory that holds a run is refused. With it, the run must
+        have the same config; it carries on from its checkpoint, or is skipped if it is done.
+        A directory with nothing worth keeping (none, or a run that failed before training)
+        is started afresh either way."""
+        record = cls(run_dir, config)
+        record.run_dir.mkdir(parents=True, exist_ok=True)
+        if (pid := record.lock.holder()) is not None:
             raise ConfigError(
-                f"{self.run_dir} holds a run with another config; resume with the same "
-                "overrides, or start a new run directory"
+                f"{run_dir} is in use by a live run (pid {pid}); wait for it to "
+                "end, or choose another directory"
+            )
+        earlier = record._read_earlier()
+        if earlier is not None:
+            record._check_resumable(earlier, resume)
+        record.lock.acquire()
+        try:
+            record._start(earlier)
+        except BaseException:
+            record.release()
+            raise
+        return record
+
+    def _read_earlier(self) -> dict[str, Any] | None:
+        """The run already in the directory, if it holds one worth keeping."""
+        config_path, summary_path = self.run_dir / "config.yaml", self.run_dir / "summary.json"
+        try:
+            config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
+            summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+            history = read_history(self.run_dir / "history.csv")
+            if not isinstance(config, dict) or not isinstance(summary, dict):
+                raise ValueError("not a mapping")
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            raise ConfigError(
+                f"{self.run_dir} holds files of a run that cannot be read ({err}); "
+                "choose another directory"
+            ) from None
+        started = bool(history) or self.checkpoint_path.exists()
+        if not started and summary.get("status") in (None, "failed", "running"):
+            return None  # it never trained: nothing to keep
+        return {"config": config, "summary": summary, "epochs": len(history)}
+
+    def _check_resumable(self, earlier: dict[str, Any], resume: bool) -> None:
+        status, epochs = earlier["summary"].get("status"), earlier["epochs"]
+        held = f"{self.run_dir} already holds a run ({status}, {epochs} epochs)"
+        if not resume:
+            raise ConfigError(
+                f"{held}; add trainer.resume=true to continue it with the same "
+                "config, or choose a new directory"
+            )
+        changed = differences(comparable(earlier["config"]), comparable(self.config))
+        if changed:
+            shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
+            raise ConfigError(
+                f"{held} with another config ({shown}); resume it with the "
+                "same overrides, or choose a new directory"
+            )
+        if status in DONE:
+            return
+        if self.checkpoint_path.exists():
+            self.resume_state = read_checkpoint(self.checkpoint_path)
+        elif epochs:
+            raise ConfigError(
+                f"{held} but no checkpoint.pt to resume from; restore it from a copy, or start "
+                "a new run directory"
             )
 
-    def add_epoch(self, row: dict[str, float]) -> None:
-        self.check_not_foreign()
-        self.history.append(row)
-        write_atomic(self.run_dir / "history.csv", pd.DataFrame(self.history).to_csv(index=False))
-        self.update(**summarise_history(self.history))
+    def _start(self, earlier: dict[str, Any] | None) -> None:
+        """Write the config and a fresh (or carried-on) summary; open run.log."""
+        try:
+            write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+        except OSError as err:
+            raise ConfigError(f"cannot write into {self.run_dir}: {err.strerror}") from None
+        if earlier is not None:
+            kept = earlier["summary"]
+            self.summary = {k: v for k, v in kept.items() if k not in ("error", "diverged_step")}
+            if self.summary.get("status") not in DONE:
+                self.summary["status"] = "running"
+        self.update()
+        self.log_handler = logging.FileHandler(self.run_dir / "run.log")
+        format_ = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+        self.log_handler.setFormatter(logging.Formatter(format_))
+        logging.getLogger().addHandler(self.log_handler)
+
+    @property
+    def done(self) -> bool:
+        return self.summary.get("status") in DONE
 
     def update(self, **fields: Any) -> None:
-        if self.foreign:  # another run's record: leave it as it is
-            return
         self.summary.update(fields)
         write_atomic(self.run_dir / "summary.json", json.dumps(self.summary, indent=2) + "\n")
+
+    def end_epoch(self, row: dict[str, float], model, optimizer, scheduler, loader) -> None:
+        """The epoch's history row, summary and checkpoint, written as one: an interrupt
+        that arrives meanwhile lands after all three."""
+        with signals_held():
+            self.history.append(row)
+            write_atomic(self.run_dir / "history.csv", history_csv(self.history))
+            self.update(**summarise_history(self.history))
+            save_checkpoint(
+                self.checkpoint_path,
+                int(row["epoch"]),
+                model,
+                optimizer,
+                scheduler,
+                loader,
+                self.history,
+            )
+
+    def restore(self, state: dict[str, Any], model, optimizer, scheduler, loader) -> int:
+        """Carry on from a checkpoint: every state, and the history up to its epoch."""
+        epoch = restore_checkpoint(state, model, optimizer, scheduler, loader)
+        self.history = [with_current_names(row) for row in state["history"]]
+        return epoch
+
+    def release(self) -> None:
+        if self.log_handler is not None:
+            logging.getLogger().removeHandler(self.log_handler)
+            self.log_handler.close()
+            self.log_handler = None
+        self.lock.release()
+
+    def __enter__(self) -> "RunRecord":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

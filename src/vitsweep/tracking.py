@@ -1,22 +1,33 @@
-"""Experiment trackers: Weights & Biases, or nothing. Both have the same three methods.
+"""Experiment trackers: Weights & Biases, or nothing. Both have the same methods.
 
-A tracker never stops training: any W&B failure becomes one warning and the run carries on
-without it (the local run record in the run directory is written regardless).
+A tracker is built from its config when the run is built (so its settings are checked before
+anything starts) and ``start``-ed only once training begins. It never stops training: any W&B
+failure becomes one warning and the run carries on without it (the local run record in the run
+directory is written regardless).
 """
 
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from vitsweep.errors import require
 
 log = logging.getLogger(__name__)
 
 
 class NullTracker:
-    """Logs nothing; for `logger=none` and for tests that don't test W&B."""
+    """Logs nothing; for ``logger=none`` and for tests that don't test W&B."""
 
-    def __init__(self, **_: Any) -> None:
+    def start(
+        self,
+        run_config: dict[str, Any],
+        run_dir: Path,
+        name: str,
+        group: str | None,
+        tags: Iterable[str],
+    ) -> None:
         pass
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -30,7 +41,8 @@ class NullTracker:
 
 
 class WandbTracker(NullTracker):
-    """One W&B run per job; `reinit="finish_previous"` keeps multirun jobs apart."""
+    """One W&B run per job; ``reinit="finish_previous"`` keeps multirun jobs apart. The run's
+    W&B id is kept in its directory (``wandb_run_id``), so a resumed run continues it."""
 
     # Online without an account must fail fast, not wait for a login prompt or the network.
     INIT_TIMEOUT_S = 30
@@ -38,32 +50,39 @@ class WandbTracker(NullTracker):
 
     def __init__(
         self,
-        run_config: dict[str, Any],
-        run_dir: Path,
         project: str = "vitsweep",
         entity: str | None = None,
         group: str | None = None,
-        tags: Iterable[str] = (),
+        tags: Sequence[str] = (),
         mode: str = "offline",
-        name: str | None = None,
     ) -> None:
+        modes = ("offline", "online", "disabled")
+        require(mode in modes, "logger.mode", mode, ", ".join(modes))
+        self.settings = {"project": project, "entity": entity, "mode": mode}
+        self.group, self.tags = group, list(tags)
         self.run = None
+
+    def start(
+        self,
+        run_config: dict[str, Any],
+        run_dir: Path,
+        name: str,
+        group: str | None,
+        tags: Iterable[str],
+    ) -> None:
         try:
             import wandb
 
-            # The run's W&B id lives in its directory, so a resumed run continues the same one.
             id_file = Path(run_dir) / "wandb_run_id"
             run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
             id_file.write_text(run_id)
             self.run = wandb.init(
+                **self.settings,
                 id=run_id,
                 resume="allow",
-                project=project,
-                entity=entity,
-                group=group,
-                tags=[tag[: self.MAX_TAG] for tag in tags],
+                group=self.group or group,
+                tags=[tag[: self.MAX_TAG] for tag in [*self.tags, *tags]],
                 name=name or None,
-                mode=mode,
                 config=run_config,
                 dir=str(run_dir),
                 reinit="finish_previous",
@@ -83,11 +102,6 @@ class WandbTracker(NullTracker):
             method()
         except Exception as err:
             self._give_up(err)
-
-    @property
-    def directory(self) -> Path | None:
-        """Where W&B writes this run (for offline runs: what `wandb sync` uploads)."""
-        return None if self.run is None else Path(self.run.dir).parent
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._call(lambda: self.run.log(metrics, step=step))

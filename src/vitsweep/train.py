@@ -1,8 +1,9 @@
 """The training loop: plain PyTorch, read top to bottom.
 
-fit() runs epochs of train_one_epoch() and evaluate(), hands each epoch's row to the run
+``fit`` runs epochs of ``train_one_epoch`` and ``evaluate``, hands each epoch's row to the run
 record and the tracker, and checkpoints after every epoch. Nothing here knows which model,
-data set or logger it was given.
+data set or logger it was given. One naming scheme for what a pass measured, everywhere
+(history.csv, summary.json, W&B, the table): ``train_*`` and ``test_*``, e.g. ``test_acc``.
 """
 
 import contextlib
@@ -12,17 +13,14 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from vitsweep.checkpoint import Checkpoint
-from vitsweep.errors import ConfigError, Diverged
+from vitsweep.errors import ConfigError, Diverged, require, require_each
 from vitsweep.measure import peak_memory_mb, reset_peak_memory
-from vitsweep.record import RunRecord
-from vitsweep.tracking import NullTracker
 
 log = logging.getLogger(__name__)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # a DeviceLoader or a DataLoader
@@ -30,7 +28,7 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # a DeviceLoader or a Dat
 
 @dataclass
 class TrainerSettings:
-    """The `trainer:` block of conf/config.yaml."""
+    """The ``trainer:`` block of conf/config.yaml; each range is checked when it is built."""
 
     epochs: int = 40  # 0: build, size and record without training
     batch_size: int = 128
@@ -48,34 +46,40 @@ class TrainerSettings:
     resume: bool = False  # continue from the run directory's checkpoint
 
     def __post_init__(self) -> None:
-        """Every trainer setting is checked before any data loads or W&B starts."""
-        checks = [
-            (self.epochs >= 0, f"trainer.epochs must be >= 0 (0 sizes only), got {self.epochs}"),
-            (self.batch_size > 0, f"trainer.batch_size must be positive, got {self.batch_size}"),
-            (self.eval_batch_size > 0, "trainer.eval_batch_size must be positive"),
-            (self.micro_batch_size is None or self.micro_batch_size > 0,
-             "trainer.micro_batch_size must be positive or null"),
-            (self.precision in ("auto", "fp32", "bf16"),
-             f"trainer.precision must be auto, fp32 or bf16, got '{self.precision}'"),
-            (self.eval_interval > 0, "trainer.eval_interval must be positive"),
-            (self.log_every > 0, "trainer.log_every must be positive"),
-            (self.grad_clip is None or self.grad_clip > 0, "trainer.grad_clip must be positive"),
-        ]  # fmt: skip
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        s, positive, optional = self, "a positive integer", "a positive integer or null"
+        require_each("trainer", [
+            ("epochs", s.epochs, s.epochs >= 0, "an integer >= 0 (0 sizes only)"),
+            ("batch_size", s.batch_size, s.batch_size >= 1, positive),
+            ("eval_batch_size", s.eval_batch_size, s.eval_batch_size >= 1, positive),
+            ("micro_batch_size", s.micro_batch_size,
+             s.micro_batch_size is None or s.micro_batch_size >= 1, optional),
+            ("precision", s.precision, s.precision in ("auto", "fp32", "bf16"),
+             "auto, fp32 or bf16"),
+            ("label_smoothing", s.label_smoothing, 0 <= s.label_smoothing < 1,
+             "a probability in [0, 1)"),
+            ("warmup_epochs", s.warmup_epochs, s.warmup_epochs >= 0, "a number >= 0"),
+            ("min_lr_ratio", s.min_lr_ratio, 0 <= s.min_lr_ratio <= 1, "a number in [0, 1]"),
+            ("grad_clip", s.grad_clip, s.grad_clip is None or s.grad_clip > 0,
+             "a positive number or null"),
+            ("eval_interval", s.eval_interval, s.eval_interval >= 1, positive),
+            ("log_every", s.log_every, s.log_every >= 1, positive),
+        ])  # fmt: skip
 
 
 def build_optimizer(
     factory: Callable[..., torch.optim.Optimizer], model: nn.Module, device: torch.device
 ) -> torch.optim.Optimizer:
-    """The configured optimizer, fused into one kernel on CUDA where it offers that."""
-    lr = factory.keywords.get("lr") if isinstance(factory, partial) else None
-    if lr is not None and lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {lr}")
-    target = factory.func if isinstance(factory, partial) else factory
+    """The configured optimizer (a partial of its class), fused into one kernel on CUDA where
+    it offers that. Its ranges are torch's own checks, reported as one line."""
+    lr = getattr(factory, "keywords", {}).get("lr")
+    if lr is not None:
+        require(lr > 0, "optim.lr", lr, "a positive number")
+    target = getattr(factory, "func", factory)
     fused = device.type == "cuda" and "fused" in inspect.signature(target).parameters
-    return factory(model.parameters(), **({"fused": True} if fused else {}))
+    try:
+        return factory(model.parameters(), **({"fused": True} if fused else {}))
+    except ValueError as err:  # torch's "Invalid weight_decay value: -1.0" and the like
+        raise ConfigError(f"optim: {err}") from None
 
 
 def cosine_schedule(
@@ -92,45 +96,34 @@ def cosine_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def autocast_for(
-    device: torch.device, precision: str
-) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast (fp32 master weights) on CUDA under `auto`; fp32 elsewhere unless asked."""
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast (fp32 master weights) on CUDA under ``auto``; fp32 elsewhere unless asked."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device):
+def to_device(
+    images: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A no-op for the device-resident loader; a copy for torchvision's DataLoader."""
     if device.type == "cuda" and images.ndim == 4:
         images = images.contiguous(memory_format=torch.channels_last)  # faster conv stems
     return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
-@dataclass
-class StepContext:
-    """What one training step needs besides the batch."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    criterion: nn.Module
-    autocast: Callable[[], contextlib.AbstractContextManager]
-    settings: TrainerSettings
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 class PassMeter:
-    """Loss, accuracy and throughput of one pass over a loader. Sums stay on the device (an
-    .item() per step would stall a GPU every batch) and are read once, at the end."""
+    """Loss, accuracy and throughput of one pass (``split``: train or test). The sums stay on
+    the device (an .item() per step would stall a GPU every batch) and are read once."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, split: str, device: torch.device) -> None:
+        self.split, self.device = split, device
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
         self.seen = 0
@@ -141,68 +134,83 @@ class PassMeter:
         self.correct += (logits.argmax(dim=1) == labels).sum()
         self.seen += len(labels)
 
-    def read(self, metric: str, timing: str) -> dict[str, float]:
-        _sync(self.device)
+    def read(self) -> dict[str, float]:
+        synchronize(self.device)
         seconds = time.perf_counter() - self.start
         return {
-            f"{metric}_loss": self.loss_sum.item() / self.seen,
-            f"{metric}_acc": self.correct.item() / self.seen,
-            f"{timing}_s": seconds,
-            f"{timing}_img_per_s": self.seen / seconds,
+            f"{self.split}_loss": self.loss_sum.item() / self.seen,
+            f"{self.split}_acc": self.correct.item() / self.seen,
+            f"{self.split}_s": seconds,
+            f"{self.split}_img_per_s": self.seen / seconds,
         }
 
 
 def train_one_epoch(
     model: nn.Module,
     loader: Batches,
-    ctx: StepContext,
-    on_step: Callable[[torch.Tensor], None],
-    progress: tqdm,
-) -> dict[str, float]:
-    """One pass over the training set; returns loss, accuracy, seconds and images/s."""
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    settings: TrainerSettings,
+    tracker: Any,
+    step: int,
+    desc: str = "train",
+) -> tuple[dict[str, float], int]:
+    """One pass over the training set. Returns its loss, accuracy, seconds and images/s, and
+    the global step it ended on. Raises ``Diverged`` at the first non-finite loss."""
     device = next(model.parameters()).device
+    criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     model.train()
-    meter = PassMeter(device)
-    for images, labels in loader:
-        images, labels = _to_device(images, labels, device)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        # Micro-batches add up to the batch's gradient; on CPU, smaller chunks stay in cache.
-        chunk = ctx.settings.micro_batch_size or len(labels)
+    meter = PassMeter("train", device)
+    # The first non-finite step is noted on the device and read only where we sync anyway.
+    first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if settings.progress else True)
+    for images, labels in bar:  # disable=None above: bars only on a terminal
+        images, labels = to_device(images, labels, device)
+        optimizer.zero_grad(set_to_none=True)
         batch_loss = torch.zeros((), device=device)
+        # Micro-batches add up to the batch's gradient; on CPU, smaller chunks stay in cache.
+        chunk = settings.micro_batch_size or len(labels)
         for x, y in zip(images.split(chunk), labels.split(chunk)):
-            with ctx.autocast():
+            with autocast(device, settings.precision):
                 logits = model(x)
-                loss = ctx.criterion(logits, y)
-            share = len(y) / len(labels)
-            (loss * share).backward()
-            batch_loss += loss.detach() * share
+                loss = criterion(logits, y)
+            (loss * len(y) / len(labels)).backward()
+            batch_loss += loss.detach() * len(y) / len(labels)
             meter.add(loss, logits, y)
-        if ctx.settings.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), ctx.settings.grad_clip)
-        ctx.optimizer.step()
-        ctx.scheduler.step()
-        on_step(batch_loss)
-        progress.update(1)
-    return meter.read("train", "train")
+        if settings.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bad = ~torch.isfinite(batch_loss) & (first_bad_step < 0)
+        first_bad_step = torch.where(bad, step, first_bad_step)
+        if step % settings.log_every == 0:
+            raise_if_diverged(first_bad_step)
+            lr = scheduler.get_last_lr()[0]
+            tracker.log({"step/train_loss": batch_loss.item(), "step/lr": lr}, step=step)
+    raise_if_diverged(first_bad_step)
+    return meter.read(), step
+
+
+def raise_if_diverged(first_bad_step: torch.Tensor) -> None:
+    if (bad_step := int(first_bad_step.item())) >= 0:
+        raise Diverged(bad_step)
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Batches,
-    criterion: nn.Module,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-) -> dict[str, float]:
-    """Loss and top-1 accuracy on the test set, with its wall time."""
+def evaluate(model: nn.Module, loader: Batches, settings: TrainerSettings) -> dict[str, float]:
+    """Loss (with the training's label smoothing) and top-1 accuracy on the test set, with
+    its wall time."""
     device = next(model.parameters()).device
+    criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     model.eval()
-    meter = PassMeter(device)
+    meter = PassMeter("test", device)
     for images, labels in loader:
-        images, labels = _to_device(images, labels, device)
-        with autocast():
+        images, labels = to_device(images, labels, device)
+        with autocast(device, settings.precision):
             logits = model(images)
         meter.add(criterion(logits.float(), labels), logits, labels)
-    return meter.read("test", "eval")
+    return meter.read()
 
 
 def fit(
@@ -211,66 +219,42 @@ def fit(
     test_loader: Batches,
     optimizer: torch.optim.Optimizer,
     settings: TrainerSettings,
-    record: RunRecord,
-    tracker: NullTracker,
-    checkpoint: Checkpoint | None = None,
+    record: Any,
+    tracker: Any,
+    resume_from: dict[str, Any] | None = None,
 ) -> None:
-    """Train for ``settings.epochs``, evaluating every ``eval_interval`` epochs and the last,
-    checkpointing after each epoch. With a checkpoint to resume from, carry on after its
-    epoch with every state (model, optimizer, schedule, RNGs, history) as it was then."""
+    """Train for ``settings.epochs``, evaluating every ``eval_interval`` epochs and after the
+    last. After each epoch, ``record.end_epoch`` writes the row and the checkpoint together.
+    ``resume_from`` (a checkpoint's state) carries on after its epoch with every state (model,
+    optimizer, schedule, RNGs, history) as it was then."""
     s = settings
     device = next(model.parameters()).device
     steps_per_epoch = len(train_loader)
-    scheduler = cosine_schedule(
-        optimizer, s.epochs * steps_per_epoch, round(s.warmup_epochs * steps_per_epoch),
-        s.min_lr_ratio,
-    )  # fmt: skip
-    criterion = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
-    autocast = autocast_for(device, s.precision)
-    ctx = StepContext(optimizer, scheduler, criterion, autocast, s)
-    trained = torch.compile(model) if s.compile else model
+    warmup_steps = round(s.warmup_epochs * steps_per_epoch)
+    scheduler = cosine_schedule(optimizer, s.epochs * steps_per_epoch, warmup_steps, s.min_lr_ratio)
     start_epoch = 1
-    if checkpoint is not None and s.resume and checkpoint.exists():
-        start_epoch = checkpoint.load(model, optimizer, scheduler, train_loader, record) + 1
-        log.info("resumed after epoch %d from %s", start_epoch - 1, checkpoint.path)
+    if resume_from is not None:
+        start_epoch = record.restore(resume_from, model, optimizer, scheduler, train_loader) + 1
+        log.info("resumed after epoch %d", start_epoch - 1)
+    trained = torch.compile(model) if s.compile else model
     step = (start_epoch - 1) * steps_per_epoch
-    first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
-
-    def on_step(loss: torch.Tensor) -> None:
-        nonlocal step
-        step += 1
-        # Note the first non-finite step on the device; look only when syncing anyway.
-        bad = (~torch.isfinite(loss)) & (first_bad_step < 0)
-        first_bad_step.copy_(torch.where(bad, step, first_bad_step))
-        if step % s.log_every == 0:
-            check_finite()
-            lr = scheduler.get_last_lr()[0]
-            tracker.log({"train/step_loss": loss.item(), "train/lr": lr}, step=step)
-
-    def check_finite() -> None:
-        if (bad_step := int(first_bad_step.item())) >= 0:
-            raise Diverged(bad_step)
 
     for epoch in range(start_epoch, s.epochs + 1):
         reset_peak_memory(device)
-        # disable=None: bars only on a terminal, so logs and CI output stay clean.
-        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{s.epochs}", leave=False,
-                  disable=None if s.progress else True) as bar:  # fmt: skip
-            stats = train_one_epoch(trained, train_loader, ctx, on_step, bar)
-        check_finite()
+        desc = f"epoch {epoch}/{s.epochs}"
+        stats, step = train_one_epoch(
+            trained, train_loader, optimizer, scheduler, s, tracker, step, desc
+        )
         row = {"epoch": epoch, **stats}
         if epoch % s.eval_interval == 0 or epoch == s.epochs:
-            row |= evaluate(trained, test_loader, criterion, autocast)
-        row["lr"] = scheduler.get_last_lr()[0]
-        row["peak_mem_mb"] = peak_memory_mb(device)
-        record.add_epoch(row)
-        if checkpoint is not None:
-            checkpoint.save(epoch, model, optimizer, scheduler, train_loader, record)
-        tracker.log({f"epoch/{k}": v for k, v in row.items()}, step=step)
-        log.info(_epoch_line(row, s.epochs))
+            row |= evaluate(trained, test_loader, s)
+        row |= {"lr": scheduler.get_last_lr()[0], "peak_mem_mb": peak_memory_mb(device)}
+        record.end_epoch(row, model, optimizer, scheduler, train_loader)
+        tracker.log(row, step=step)
+        log.info(epoch_line(row, s.epochs))
 
 
-def _epoch_line(row: dict[str, float], epochs: int) -> str:
+def epoch_line(row: dict[str, float], epochs: int) -> str:
     line = (
         f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
         f"train acc {row['train_acc']:.2%}  {row['train_img_per_s']:.0f} img/s"

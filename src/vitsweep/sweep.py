@@ -1,0 +1,98 @@
+"""A sweep directory's own record, ``sweep.yaml``: which grid it holds, and what produced it.
+
+A sweep claims its directory before any job runs, by creating ``sweep.yaml`` (exclusively, so
+of two sweeps started with one name only one wins). A directory that holds a sweep is taken
+again only to finish that same grid (``trainer.resume=true``); another grid is refused.
+"""
+
+import os
+import platform
+import subprocess
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitsweep.errors import ConfigError
+
+RECORD = "sweep.yaml"
+
+
+def without_resume(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.lstrip("+~").startswith("trainer.resume=")]
+
+
+def git_commit(repo: Path) -> str:
+    """The harness's commit, marked ``+uncommitted`` when its files differ from it."""
+    try:
+
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", "-C", str(repo), *args],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
+            ).stdout.strip()
+
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "conf")
+        return commit + ("+uncommitted" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+
+
+def holds_jobs(sweep_dir: Path) -> bool:
+    """Whether jobs of an earlier sweep (with or without a sweep.yaml) are in the directory."""
+    return any(sweep_dir.glob("*/config.yaml")) or any(sweep_dir.glob("**/.hydra/overrides.yaml"))
+
+
+def claim_sweep(
+    sweep_dir: Path, grid: dict[str, Any], resume: bool, about: dict[str, Any]
+) -> dict[str, Any]:
+    """Take ``sweep_dir`` for the sweep of ``grid`` (its command-line overrides and sweeper
+    parameters), or refuse with one line. Returns the sweep's record."""
+    record_path = sweep_dir / RECORD
+    where = f"{sweep_dir} holds"
+    ways = "choose another sweep_name (or hydra.sweep.dir)"
+    if record_path.exists():
+        earlier = yaml.safe_load(record_path.read_text()) or {}
+        if earlier.get("grid") != grid:
+            command = earlier.get("command", "another command")
+            raise ConfigError(f"{where} another sweep ({command}); {ways}")
+        if not resume:
+            raise ConfigError(
+                f"{where} this sweep already; add trainer.resume=true to finish it, or {ways}"
+            )
+        return earlier
+    if holds_jobs(sweep_dir) and not resume:
+        raise ConfigError(
+            f"{where} an earlier sweep; add trainer.resume=true to finish it "
+            f"with the same command, or {ways}"
+        )
+    record = {
+        "grid": grid,
+        **about,
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "pid": os.getpid(),
+    }
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with open(record_path, "x") as file:  # exclusive: one of two same-named sweeps wins
+            yaml.safe_dump(record, file, sort_keys=False)
+    except FileExistsError:
+        raise ConfigError(f"{sweep_dir} was claimed by another sweep just now; {ways}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot write the sweep directory {sweep_dir}: {err.strerror}") from None
+    return record
+
+
+def read_sweep_record(sweep_dir: Path) -> dict[str, Any]:
+    path = Path(sweep_dir) / RECORD
+    try:
+        record = yaml.safe_load(path.read_text()) if path.exists() else {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return record if isinstance(record, dict) else {}
