@@ -1,22 +1,28 @@
+import contextlib
+import io
+import logging
 import os
+import runpy
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+import torch
+
+from vitsweep.config import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+RUN = ROOT / "src" / "run.py"
+CONF = CONF_DIR
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per test worker: no oversubscription
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 # A run small enough for a test: the digits set cut down, one block, no W&B.
 TINY = ["data=digits", "data.subset=64", "model.depth=1", "trainer.batch_size=32", "logger=none"]
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 @pytest.fixture
@@ -24,19 +30,46 @@ def make_config():
     return compose_config
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python src/run.py ARGS` as a user types it, from ``cwd``."""
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "src" / "run.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def invoke(args: list[str], cwd: Path) -> Result:
+    """`python src/run.py ARGS` as a user types it, from ``cwd``, but in this process: Hydra's
+    own entry point with the same argv, so composition, callbacks, exit codes and output are
+    the real ones, without a new interpreter per call."""
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level, argv, here = list(root.handlers), root.level, sys.argv, os.getcwd()
+    code = 0
+    try:
+        os.chdir(cwd)
+        sys.argv = [str(RUN), *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(RUN), run_name="__main__")
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:  # Hydra configures logging per run; leave everything as it was
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        sys.argv = argv
+        os.chdir(here)
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
-def cli(tmp_path):
-    return lambda *args, **kw: run_cli(list(args), cwd=tmp_path, **kw)
+def cli(tmp_path, monkeypatch):
+    """``invoke`` from the test's own directory (which it also makes the working one)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return lambda *args: invoke(list(args), tmp_path)
+
+
+def spawn(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    """`python src/run.py ARGS` in a process of its own (for signals, locks and exit codes)."""
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen([sys.executable, str(RUN), *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # fmt: skip

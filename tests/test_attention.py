@@ -1,18 +1,28 @@
-"""Each attention variant against its definition, then properties they must all have."""
+"""Each attention variant against its definition, then properties they must all have.
+
+The generic properties run on every option of conf/attention (built from its YAML, as training
+builds it), so a new variant is checked by them with no edit here.
+"""
+
+import inspect
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import get_object, instantiate
 
+from vitsweep.config import CONF_DIR, compose_config, options
 from vitsweep.errors import ConfigError
-from vitsweep.models import (
+from vitsweep.models.attention import (
     LinearAttention,
     LinformerAttention,
     NystromAttention,
     PerformerAttention,
     SoftmaxAttention,
+    explicit_softmax_attention,
 )
-from vitsweep.models.attention import explicit_softmax_attention
+from vitsweep.models.vit import ATTENTION_ARGS
 
 
 def qkv(n: int = 64, d: int = 16, heads: int = 2, std: float = 1.0, seed: int = 0):
@@ -33,16 +43,16 @@ def test_sdpa_equals_the_explicit_formula():
 
 
 def test_softmax_impls_agree_as_modules():
-    sdpa = SoftmaxAttention(64, 4, impl="sdpa")
-    explicit = SoftmaxAttention(64, 4, impl="explicit")
+    sdpa = SoftmaxAttention(64, 4, 50, impl="sdpa")
+    explicit = SoftmaxAttention(64, 4, 50, impl="explicit")
     explicit.load_state_dict(sdpa.state_dict())
     x = torch.randn(2, 50, 64)
     assert torch.allclose(sdpa(x), explicit(x), atol=1e-5)
 
 
-def test_full_width_scale_is_the_seeds_one_over_sqrt_dim():
+def test_seed_quirks_scale_softmax_by_the_seeds_one_over_sqrt_dim():
     q, k, v = qkv(d=16, heads=8)  # dim 128
-    attention = SoftmaxAttention(128, 8, full_width_scale=True)
+    attention = SoftmaxAttention(128, 8, 64, seed_quirks=True)
     expected = torch.softmax(q @ k.transpose(-2, -1) / 128**0.5, dim=-1) @ v
     assert torch.allclose(attention.attend(q, k, v), expected, atol=1e-5)
 
@@ -52,7 +62,7 @@ def test_linear_equals_its_quadratic_form():
     phi_q, phi_k = F.elu(q) + 1, F.elu(k) + 1
     weights = phi_q @ phi_k.transpose(-2, -1)  # (N, N), positive
     quadratic = (weights / weights.sum(dim=-1, keepdim=True)) @ v
-    linear = LinearAttention(32, 2, eps=0.0).attend(q, k, v)
+    linear = LinearAttention(32, 2, 64, eps=0.0).attend(q, k, v)
     assert torch.allclose(linear, quadratic, atol=1e-5)
 
 
@@ -62,7 +72,8 @@ def _performer_error(features: int, draws: int = 8) -> float:
     errors = []
     for seed in range(draws):
         torch.manual_seed(seed)
-        errors.append(relative_error(PerformerAttention(32, 2, features).attend(q, k, v), exact))
+        performer = PerformerAttention(32, 2, 128, features=features)
+        errors.append(relative_error(performer.attend(q, k, v), exact))
     return sum(errors) / draws
 
 
@@ -73,13 +84,13 @@ def test_performer_approximates_softmax_better_with_more_features():
 
 
 def test_performer_features_are_orthogonal_blocks():
-    w = PerformerAttention(32, 2, features=16).projection  # one block of d = 16 rows
+    w = PerformerAttention(32, 2, 64, features=16).projection  # one block of d = 16 rows
     directions = w / w.norm(dim=1, keepdim=True)
     assert torch.allclose(directions @ directions.T, torch.eye(16), atol=1e-5)
 
 
 def test_performer_redraws_on_schedule_and_not_in_eval():
-    attention = PerformerAttention(32, 2, features=8, redraw_interval=2)
+    attention = PerformerAttention(32, 2, 10, features=8, redraw_interval=2)
     x = torch.randn(1, 10, 32)
     seen = []
     for _ in range(4):
@@ -92,20 +103,20 @@ def test_performer_redraws_on_schedule_and_not_in_eval():
 
 
 def test_performer_default_feature_count_is_d_ln_d():
-    assert PerformerAttention(128, 8).features == 44  # round(16 * ln 16)
+    assert PerformerAttention(128, 8, 257).features == 44  # round(16 * ln 16)
 
 
 @pytest.mark.parametrize("pinv_iterations", [0, 30])
 def test_nystrom_equals_softmax_when_landmarks_are_the_tokens(pinv_iterations):
     q, k, v = qkv(n=24, std=0.5)
-    nystrom = NystromAttention(32, 2, landmarks=24, pinv_iterations=pinv_iterations)
+    nystrom = NystromAttention(32, 2, 24, landmarks=24, pinv_iterations=pinv_iterations)
     tolerance = 1e-4 if pinv_iterations == 0 else 1e-2
     assert relative_error(nystrom.attend(q, k, v), explicit_softmax_attention(q, k, v)) < tolerance
 
 
 def test_nystrom_handles_lengths_the_landmarks_do_not_divide():
     q, k, v = qkv(n=257)
-    out = NystromAttention(32, 2, landmarks=32).attend(q, k, v)
+    out = NystromAttention(32, 2, 257, landmarks=32).attend(q, k, v)
     assert out.shape == v.shape and torch.isfinite(out).all()
     # A fair approximation still: far better than attending uniformly.
     exact = explicit_softmax_attention(q, k, v)
@@ -114,32 +125,34 @@ def test_nystrom_handles_lengths_the_landmarks_do_not_divide():
 
 
 def test_linformer_projects_keys_and_values_to_k_rows():
-    attention = LinformerAttention(32, 2, seq_len=64, k=8)
+    attention = LinformerAttention(32, 2, 64, k=8)
     q, k, v = qkv(n=64)
     expected = explicit_softmax_attention(q, attention.proj_k @ k, attention.proj_v @ v)
     assert torch.allclose(attention.attend(q, k, v), expected, atol=1e-5)
 
 
 def test_linformer_rejects_another_token_count():
-    attention = LinformerAttention(32, 2, seq_len=64)
+    attention = LinformerAttention(32, 2, 64)
     with pytest.raises(ConfigError, match="built for 64 tokens but got 65"):
         attention(torch.randn(1, 65, 32))
 
 
-VARIANTS = {
-    "softmax": lambda n: SoftmaxAttention(64, 4),
-    "softmax_explicit": lambda n: SoftmaxAttention(64, 4, impl="explicit"),
-    "linear": lambda n: LinearAttention(64, 4),
-    "performer": lambda n: PerformerAttention(64, 4),
-    "nystrom": lambda n: NystromAttention(64, 4, landmarks=16),
-    "linformer": lambda n: LinformerAttention(64, 4, seq_len=n, k=16),
-}
+def test_every_attention_takes_the_same_first_arguments():
+    for name in options("attention"):
+        target = get_object(compose_config([f"attention={name}"]).model.attention._target_)
+        first = list(inspect.signature(target).parameters)[: len(ATTENTION_ARGS)]
+        assert tuple(first) == ATTENTION_ARGS, name
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_shape_and_finite_gradients(name):
-    attention = VARIANTS[name](50)
-    x = torch.randn(3, 50, 64, requires_grad=True)
+# The generic properties, as functions, so that a test of a new variant can run them too.
+def build_attention(name: str, tokens: int, conf_dir: Path = CONF_DIR, **knobs):
+    """Option ``name`` of conf/attention at dim 64, 4 heads, built as the model builds it."""
+    node = compose_config([f"attention={name}"], conf_dir).model.attention
+    return instantiate(node, **knobs)(dim=64, heads=4, num_tokens=tokens, seed_quirks=False)
+
+
+def check_shape_and_finite_gradients(attention: torch.nn.Module, tokens: int = 50) -> None:
+    x = torch.randn(3, tokens, 64, requires_grad=True)
     y = attention(x)
     assert y.shape == x.shape
     y.square().mean().backward()
@@ -148,27 +161,43 @@ def test_shape_and_finite_gradients(name):
     assert x.grad.abs().sum() > 0
 
 
-# Linformer mixes positions through its learned projections; Nystrom's segment means depend
-# on order unless every token is its own landmark.
-EQUIVARIANT = {
-    **{k: v for k, v in VARIANTS.items() if k not in ("linformer", "nystrom")},
-    "nystrom": lambda n: NystromAttention(64, 4, landmarks=n, pinv_iterations=0),
-}
-
-
-@pytest.mark.parametrize("name", EQUIVARIANT)
-def test_permuting_tokens_permutes_the_output(name):
-    attention = EQUIVARIANT[name](40).eval()
-    x = torch.randn(2, 40, 64)
-    perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+def check_permutation_equivariance(attention: torch.nn.Module, tokens: int = 40) -> None:
+    attention.eval()
+    x = torch.randn(2, tokens, 64)
+    perm = torch.randperm(tokens, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(attention(x[:, perm]), attention(x)[:, perm], atol=1e-4)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_finite_under_bf16_autocast_at_1024_tokens_with_large_inputs(name):
-    attention = VARIANTS[name](1024)
-    x = torch.randn(2, 1024, 64) * 30
+def check_finite_under_bf16_with_large_inputs(attention: torch.nn.Module, tokens: int = 1024):
+    x = torch.randn(2, tokens, 64) * 30
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = attention(x)
-    assert torch.isfinite(y).all()
+        assert torch.isfinite(attention(x)).all()
+
+
+# Variants that are not equivariant as configured: Linformer mixes positions through learned
+# projections; Nystrom's segment means depend on order unless every token is a landmark.
+NOT_EQUIVARIANT = {"linformer": None, "nystrom": {"landmarks": 40, "pinv_iterations": 0}}
+
+
+@pytest.mark.parametrize("name", options("attention"))
+def test_shape_and_finite_gradients(name):
+    check_shape_and_finite_gradients(build_attention(name, 50))
+
+
+@pytest.mark.parametrize("name", options("attention"))
+def test_permuting_tokens_permutes_the_output(name):
+    if name in NOT_EQUIVARIANT and NOT_EQUIVARIANT[name] is None:
+        pytest.skip(f"{name} is not permutation-equivariant")
+    check_permutation_equivariance(build_attention(name, 40, **NOT_EQUIVARIANT.get(name, {})))
+
+
+@pytest.mark.parametrize("name", options("attention"))
+def test_finite_under_bf16_autocast_at_1024_tokens_with_large_inputs(name):
+    check_finite_under_bf16_with_large_inputs(build_attention(name, 1024))
+
+
+def test_explicit_softmax_has_the_same_properties():
+    attention = build_attention("softmax", 50, impl="explicit")
+    check_shape_and_finite_gradients(attention)
+    check_permutation_equivariance(build_attention("softmax", 40, impl="explicit"))

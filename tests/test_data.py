@@ -18,7 +18,10 @@ CPU = torch.device("cpu")
 
 def test_digits_is_a_fixed_stratified_split_of_32px_rgb():
     train, test = load_digits()
-    assert (len(train), len(test)) == (1437, 360)
+    assert (len(train), len(test)) == (1438, 359)
+    for c in range(10):  # a fifth of every class in the test split
+        in_test, in_train = (test.labels == c).sum().item(), (train.labels == c).sum().item()
+        assert in_test == round((in_test + in_train) * 0.2)
     assert train.images.shape[1:] == (3, 32, 32) and train.images.dtype == torch.uint8
     assert torch.equal(train.labels, load_digits()[0].labels)
     assert set(test.labels.tolist()) == set(range(10))
@@ -137,3 +140,22 @@ def test_torchvision_loader_trains_through_the_cli(cli, tmp_path):
     result = cli(*TINY, "trainer.epochs=1", "data.loader=torchvision", "hydra.run.dir=run")
     assert result.returncode == 0, result.stderr
     assert '"status": "completed"' in (tmp_path / "run" / "summary.json").read_text()
+
+
+def test_a_digits_run_imports_neither_pandas_nor_matplotlib(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import RUN, TINY
+
+    probe = (
+        f"import runpy, sys; sys.argv = {[str(RUN), *TINY, 'trainer.epochs=1']!r}\n"
+        f"try: runpy.run_path({str(RUN)!r}, run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "print('imported:', sorted(m for m in ('pandas', 'matplotlib') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert "imported: []" in done.stdout, done.stdout + done.stderr
+    assert '"status": "completed"' in next(tmp_path.glob("outputs/*/*/summary.json")).read_text()

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from vitsweep.data import DeviceLoader, load_digits
+from vitsweep.errors import Diverged
 from vitsweep.models import LinearAttention, PatchEmbedding, VisionTransformer
 from vitsweep.record import RunRecord
 from vitsweep.tracking import NullTracker
-from vitsweep.train import TrainerSettings, autocast_for, cosine_schedule, fit
+from vitsweep.train import TrainerSettings, autocast, cosine_schedule, fit
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
@@ -26,9 +27,9 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
 
 def test_fp32_on_cpu_unless_bf16_is_asked_for():
     cpu = torch.device("cpu")
-    with autocast_for(cpu, "auto")():
+    with autocast(cpu, "auto"):
         assert not torch.is_autocast_enabled("cpu")
-    with autocast_for(cpu, "bf16")():
+    with autocast(cpu, "bf16"):
         assert torch.is_autocast_enabled("cpu")
 
 
@@ -40,26 +41,45 @@ class RecordingTracker(NullTracker):
         self.logged.append((step, metrics))
 
 
-def test_fit_learns_digits_and_records_every_epoch(tmp_path):
+def _digits_run(tmp_path, epochs=6, lr=3e-3, **settings):
     torch.manual_seed(0)
     train, test = load_digits()
     cpu = torch.device("cpu")
-    stats = {"mean": [0.3054] * 3, "std": [0.3237] * 3, "device": cpu}
+    stats = {"mean": [0.3059] * 3, "std": [0.3241] * 3, "device": cpu}
     train_loader = DeviceLoader(train, 64, **stats, train=True, augment=False)
     test_loader = DeviceLoader(test, 256, **stats)
     model = VisionTransformer(
         partial(PatchEmbedding, patch_size=8), LinearAttention, 32, 3, 10, dim=64, depth=2
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    record, tracker = RunRecord(tmp_path, {}), RecordingTracker()
-    settings = TrainerSettings(epochs=6, log_every=4, progress=False, eval_interval=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    record = RunRecord.claim(tmp_path, {}, resume=False)
+    settings = TrainerSettings(epochs=epochs, progress=False, **settings)
+    return model, train_loader, test_loader, optimizer, settings, record
 
-    fit(model, train_loader, test_loader, optimizer, settings, record, tracker)
+
+def test_fit_learns_digits_and_records_every_epoch(tmp_path):
+    model, train_loader, test_loader, optimizer, settings, record = _digits_run(
+        tmp_path, log_every=4, eval_interval=2
+    )
+    tracker = RecordingTracker()
+    with record:
+        fit(model, train_loader, test_loader, optimizer, settings, record, tracker)
 
     history = pd.read_csv(tmp_path / "history.csv")
     assert list(history["epoch"]) == list(range(1, 7))
     assert history["test_acc"].notna().tolist() == [False, True] * 3
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     assert record.summary["best_test_acc"] > 0.5  # chance is 0.1
-    step_logs = [step for step, m in tracker.logged if "train/step_loss" in m]
+    step_logs = [step for step, m in tracker.logged if "step/train_loss" in m]
     assert step_logs == list(range(4, 6 * len(train_loader) + 1, 4))
+    epoch_logs = [m for _, m in tracker.logged if "epoch" in m]  # the history's own names
+    assert [m["epoch"] for m in epoch_logs] == list(range(1, 7))
+    assert set(epoch_logs[1]) == set(history.columns)
+
+
+def test_a_non_finite_loss_stops_training_with_its_step(tmp_path):
+    model, *loaders, optimizer, settings, record = _digits_run(tmp_path, epochs=2, lr=1e30,
+                                                               log_every=1000)  # fmt: skip
+    with record, pytest.raises(Diverged) as stopped:
+        fit(model, *loaders, optimizer, settings, record, NullTracker())
+    assert 1 <= stopped.value.step <= len(loaders[0])  # found at the epoch's end, not later
