@@ -21,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", help="the W&B group (the sweep's name)")
     parser.add_argument("--name", help="the results folder's name (default: the sweep's)")
     parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--baseline", help="the row to compare with: its number or choices")
+    parser.add_argument("--confidence", type=float, default=0.95, help="of the intervals")
     args = parser.parse_args(argv)
+    if not 0 < args.confidence < 1:
+        parser.error(f"--confidence must be in (0, 1), got {args.confidence}")
 
     if args.wandb:
         if not args.group:
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out_dir = args.results / name
     try:
-        table = write_report(runs, curves, out_dir, source)
+        table = write_report(runs, curves, out_dir, source, args.baseline, args.confidence)
     except Exception as err:
         print(f"error: the table could not be built: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

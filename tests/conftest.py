@@ -3,6 +3,7 @@ import io
 import logging
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per test worker: no over
 
 # A run small enough for a test: the digits set cut down, one block, no W&B.
 TINY = ["data=digits", "data.subset=64", "model.depth=1", "trainer.batch_size=32", "logger=none"]
+QUICK = [*TINY, "trainer.epochs=2"]
 
 
 @pytest.fixture
@@ -66,6 +68,21 @@ def cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_SILENT", "true")
     return lambda *args: invoke(list(args), tmp_path)
+
+
+@pytest.fixture(scope="session")
+def finished_run_once(tmp_path_factory) -> Path:
+    where = tmp_path_factory.mktemp("finished")
+    done = invoke([*QUICK, "hydra.run.dir=run"], where)
+    assert done.returncode == 0, done.stderr
+    return where / "run"
+
+
+@pytest.fixture
+def finished_run(finished_run_once, tmp_path) -> Path:
+    """A completed run of ``QUICK`` in ``tmp_path / "run"`` (trained once per test session)."""
+    shutil.copytree(finished_run_once, tmp_path / "run")
+    return tmp_path / "run"
 
 
 def spawn(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:

@@ -122,14 +122,26 @@ def test_the_readme_lists_every_option_of_every_group():
             assert f"| `{option}` |" in readme, f"{group}={option} has no row in the README"
 
 
-def test_a_size_only_sweep_builds_every_attention_with_every_embedding(cli, tmp_path):
-    grid = [f"attention={','.join(options('attention'))}",
-            f"embedding={','.join(options('embedding'))}"]  # fmt: skip
-    result = cli("-m", *grid, "trainer.epochs=0", *TINY, "sweep_name=zoo")
+def size_only_sweep(cli, tmp_path, conf_dir=CONF, embeddings=None) -> list[str]:
+    """Every attention of ``conf_dir`` with every embedding (or those given), sized
+    (trainer.epochs=0): the lines of the sweep's headline table, one row per pair."""
+    embeddings = embeddings or options("embedding", conf_dir)
+    grid = [f"attention={','.join(options('attention', conf_dir))}",
+            f"embedding={','.join(embeddings)}"]  # fmt: skip
+    result = cli("-m", f"--config-dir={conf_dir}", *grid, "trainer.epochs=0", *TINY,
+                 "sweep_name=zoo")  # fmt: skip
     assert result.returncode == 0, result.stderr
     summaries = sorted(tmp_path.glob("multirun/zoo/*/summary.json"))
-    assert len(summaries) == len(options("attention")) * len(options("embedding"))
+    assert len(summaries) == len(options("attention", conf_dir)) * len(embeddings)
     assert all('"status": "sized"' in s.read_text() for s in summaries)
+    headline = (tmp_path / "results" / "zoo" / "comparison.md").read_text().split("\n\n")[2]
+    return headline.splitlines()  # the first table
+
+
+def test_a_size_only_sweep_builds_every_attention_with_every_embedding(cli, tmp_path):
+    rows = size_only_sweep(cli, tmp_path)
+    for attention in options("attention"):
+        assert any(line.startswith(f"| {attention} ") for line in rows), attention
 
 
 @pytest.mark.parametrize("sweep", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)

@@ -6,13 +6,13 @@ import textwrap
 
 import pytest
 
-from tests.conftest import TINY
 from tests.test_attention import (
     build_attention,
     check_finite_under_bf16_with_large_inputs,
     check_permutation_equivariance,
     check_shape_and_finite_gradients,
 )
+from tests.test_config import size_only_sweep
 from vitsweep.config import CONF_DIR, options
 
 MODULE = '''
@@ -59,12 +59,9 @@ def test_the_generic_attention_tests_pick_up_a_new_variant(with_new_variant):
     check_finite_under_bf16_with_large_inputs(new)
 
 
-def test_a_size_only_sweep_picks_up_a_new_variant(with_new_variant, cli, tmp_path):
-    result = cli("-m", f"--config-dir={with_new_variant}", "attention=mean_value,softmax",
-                 "trainer.epochs=0", *TINY, "sweep_name=new")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    table = (tmp_path / "results" / "new" / "comparison.md").read_text()
-    assert "mean_value" in table and table.count("sized") == 2
+def test_the_size_only_sweep_picks_up_a_new_variant(with_new_variant, cli, tmp_path):
+    rows = size_only_sweep(cli, tmp_path, with_new_variant, embeddings=["patch"])
+    assert sum(line.startswith("| mean_value ") for line in rows) == 1
 
 
 def test_the_attention_benchmark_picks_up_a_new_variant(with_new_variant):

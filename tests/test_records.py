@@ -13,14 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import TINY, spawn
+from tests.conftest import QUICK, TINY, spawn
 from vitsweep.checkpoint import read_checkpoint
 from vitsweep.errors import ConfigError
 from vitsweep.files import DirectoryLock
 from vitsweep.record import RunRecord
 from vitsweep.sweep import claim_sweep
 
-QUICK = [*TINY, "trainer.epochs=2"]
 END_EPOCH = RunRecord.end_epoch
 # Long enough to be caught mid-run: 30 short epochs of a small model (about 0.15 s each).
 EPOCHS = 30
@@ -59,8 +58,7 @@ def _wait_for_epoch(history: Path, epoch: int, process, timeout: float = 120) ->
     raise AssertionError(f"epoch {epoch} never finished: {process.communicate()}")
 
 
-def test_a_directory_holding_a_run_is_refused_and_left_untouched(cli, tmp_path):
-    assert cli(*QUICK, "hydra.run.dir=run").returncode == 0
+def test_a_directory_holding_a_run_is_refused_and_left_untouched(cli, tmp_path, finished_run):
     before = snapshot(tmp_path / "run")
     result = cli(*QUICK, "model.dim=64", "hydra.run.dir=run")
     assert result.returncode == 2
@@ -70,8 +68,9 @@ def test_a_directory_holding_a_run_is_refused_and_left_untouched(cli, tmp_path):
     assert snapshot(tmp_path / "run") == before
 
 
-def test_resume_refuses_a_run_with_another_config_and_says_what_differs(cli, tmp_path):
-    assert cli(*QUICK, "hydra.run.dir=run").returncode == 0
+def test_resume_refuses_a_run_with_another_config_and_says_what_differs(
+    cli, tmp_path, finished_run
+):
     before = snapshot(tmp_path / "run")
     result = cli(*QUICK, "model.dim=64", "trainer.resume=true", "hydra.run.dir=run")
     assert result.returncode == 2
@@ -79,12 +78,12 @@ def test_resume_refuses_a_run_with_another_config_and_says_what_differs(cli, tmp
     assert snapshot(tmp_path / "run") == before
 
 
-def test_resuming_a_completed_run_skips_it(cli, tmp_path):
-    assert cli(*QUICK, "hydra.run.dir=run").returncode == 0
-    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
-    result = cli(*QUICK, "trainer.resume=true", "hydra.run.dir=run")
+def test_resuming_a_completed_run_skips_it_and_rewrites_nothing(cli, tmp_path, finished_run):
+    before = snapshot(tmp_path / "run")
+    result = cli(*reversed(QUICK), "trainer.resume=true", "trainer.progress=false",
+                 "hydra.run.dir=run")  # fmt: skip
     assert result.returncode == 0 and "already completed; skipped" in result.stdout
-    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    assert snapshot(tmp_path / "run") == before
 
 
 @pytest.fixture
@@ -107,8 +106,7 @@ def signal_after_epoch(monkeypatch):
 def test_sigterm_stops_a_run_in_step_and_resume_ends_as_if_uninterrupted(
     cli, tmp_path, signal_after_epoch, monkeypatch
 ):
-    with_wandb = [o for o in TINY if o != "logger=none"] + ["logger.mode=offline"]
-    run = [*with_wandb, "trainer.epochs=4"]
+    run = [*TINY, "trainer.epochs=4"]
     assert cli(*run, "hydra.run.dir=straight").returncode == 0
     signal_after_epoch(2)
     stopped = cli(*run, "hydra.run.dir=run")
@@ -129,9 +127,19 @@ def test_sigterm_stops_a_run_in_step_and_resume_ends_as_if_uninterrupted(
     pd.testing.assert_frame_equal(after, straight, check_exact=True)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and "error" not in summary
-    run_id = (tmp_path / "run" / "wandb_run_id").read_text()  # W&B continued the same run
-    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(offline) >= 1 and all(p.name.endswith(run_id) for p in offline)
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path):
+    from vitsweep.tracking import WandbTracker
+
+    for _ in range(2):  # the first attempt, then the resumed one, in the same directory
+        tracker = WandbTracker(mode="offline")
+        tracker.start({"a": 1}, tmp_path, "job", None, [])
+        assert tracker.run is not None
+        tracker.finish()
+    run_id = (tmp_path / "wandb_run_id").read_text()
+    offline = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)
 
 
 def test_a_signal_during_an_epochs_write_lands_after_history_and_checkpoint_agree(
@@ -202,32 +210,29 @@ def test_kill_9_mid_run_then_resume_ends_as_an_uninterrupted_run(cli, tmp_path):
     pd.testing.assert_frame_equal(resumed, straight, check_exact=True)
 
 
-def _interrupted_run(cli, tmp_path) -> Path:
-    """A run stopped after its first epoch, as Ctrl-C would leave it."""
-    result = cli(*TINY, "trainer.epochs=1", "hydra.run.dir=run")
-    assert result.returncode == 0
-    run = tmp_path / "run"
+def _interrupted(run: Path) -> Path:
+    """A finished run made to look as Ctrl-C would leave it."""
     summary = json.loads((run / "summary.json").read_text())
     summary |= {"status": "interrupted", "error": "interrupted (SIGINT)"}
     (run / "summary.json").write_text(json.dumps(summary))
     return run
 
 
-def test_resume_from_a_corrupt_checkpoint_is_one_line_before_anything_starts(cli, tmp_path):
-    run = _interrupted_run(cli, tmp_path)
+def test_resume_from_a_corrupt_checkpoint_is_one_line_before_anything_starts(cli, finished_run):
+    run = _interrupted(finished_run)
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     before = snapshot(run)
-    result = cli(*TINY, "trainer.epochs=1", "trainer.resume=true", "hydra.run.dir=run")
+    result = cli(*QUICK, "trainer.resume=true", "hydra.run.dir=run")
     assert result.returncode == 2
     _one_error_line(result, "checkpoint.pt cannot be read", "restore it")
     assert snapshot(run) == before
 
 
-def test_resume_without_a_checkpoint_but_with_history_is_refused(cli, tmp_path):
-    run = _interrupted_run(cli, tmp_path)
+def test_resume_without_a_checkpoint_but_with_history_is_refused(cli, finished_run):
+    run = _interrupted(finished_run)
     (run / "checkpoint.pt").unlink()
     before = snapshot(run)
-    result = cli(*TINY, "trainer.epochs=1", "trainer.resume=true", "hydra.run.dir=run")
+    result = cli(*QUICK, "trainer.resume=true", "hydra.run.dir=run")
     assert result.returncode == 2
     _one_error_line(result, "no checkpoint.pt to resume from")
     assert snapshot(run) == before
@@ -244,8 +249,7 @@ def test_a_checkpoint_is_data_not_code(tmp_path):
     assert not (tmp_path / "pwned.txt").exists() and not Path("pwned.txt").exists()
 
 
-def test_a_checkpoint_is_read_onto_the_cpu(cli, tmp_path):
-    assert cli(*QUICK, "hydra.run.dir=run").returncode == 0
+def test_a_checkpoint_is_read_onto_the_cpu(cli, tmp_path, finished_run):
     state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["torch_rng"].device.type == "cpu" and state["torch_rng"].dtype == torch.uint8
     assert all(t.device.type == "cpu" for t in state["model"].values())
@@ -254,14 +258,21 @@ def test_a_checkpoint_is_read_onto_the_cpu(cli, tmp_path):
 def test_a_stale_lock_is_taken_and_a_live_one_is_not(tmp_path):
     (tmp_path / "run.lock").write_text("99999999\n")  # left by a process that is gone
     lock = DirectoryLock(tmp_path)
-    assert lock.holder() is None
     lock.acquire()
+    lock.mark_owner()
     try:
-        assert DirectoryLock(tmp_path).holder() == str(os.getpid())
-        with pytest.raises(ConfigError, match="in use by a live run"):
+        assert (tmp_path / "run.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(ConfigError, match=f"in use by a live run \\(pid {os.getpid()}\\)"):
             DirectoryLock(tmp_path).acquire()
     finally:
         lock.release()
+
+
+def test_a_refused_claim_leaves_no_lock_file_behind(cli, tmp_path, finished_run):
+    (tmp_path / "run" / "run.lock").unlink()  # a record from before run.lock existed
+    before = snapshot(tmp_path / "run")
+    assert cli(*QUICK, "model.dim=64", "hydra.run.dir=run").returncode == 2
+    assert snapshot(tmp_path / "run") == before
 
 
 def test_an_unwritable_run_directory_is_one_line(cli, tmp_path):
@@ -275,20 +286,21 @@ def test_an_unwritable_run_directory_is_one_line(cli, tmp_path):
 
 
 def test_a_named_sweep_rerun_with_another_grid_is_refused_before_any_job(cli, tmp_path):
-    assert cli("-m", "attention=softmax,linear", *QUICK, "sweep_name=s").returncode == 0
+    quick = [*TINY, "trainer.epochs=1", "data.subset=32"]
+    assert cli("-m", "attention=softmax,linear", *quick, "sweep_name=s").returncode == 0
     before = snapshot(tmp_path / "multirun" / "s")
     table = (tmp_path / "results" / "s" / "comparison.csv").read_bytes()
-    other = cli("-m", "attention=performer,nystrom,linear", *QUICK, "sweep_name=s")
+    other = cli("-m", "attention=performer,nystrom,linear", *quick, "sweep_name=s")
     assert other.returncode == 2
     _one_error_line(
         other, "holds another sweep", "attention=softmax,linear", "choose another sweep_name"
     )
-    same = cli("-m", "attention=softmax,linear", *QUICK, "sweep_name=s")
+    same = cli("-m", "attention=softmax,linear", *quick, "sweep_name=s")
     assert same.returncode == 2
     _one_error_line(same, "holds this sweep already", "trainer.resume=true")
     assert snapshot(tmp_path / "multirun" / "s") == before
     assert (tmp_path / "results" / "s" / "comparison.csv").read_bytes() == table
-    resumed = cli("-m", "attention=softmax,linear", *QUICK, "sweep_name=s", "trainer.resume=true")
+    resumed = cli("-m", "attention=softmax,linear", *quick, "sweep_name=s", "trainer.resume=true")
     assert resumed.returncode == 0 and resumed.stdout.count("skipped") == 2
 
 
@@ -304,8 +316,8 @@ def test_sigint_in_a_sweep_writes_the_partial_table_and_a_resumed_rerun_finishes
 ):
     on_exit = []  # what the sweep leaves for the interpreter's exit, run here instead
     monkeypatch.setattr("atexit.register", on_exit.append)
-    sweep = ["-m", "attention=softmax,linear", *TINY, "trainer.epochs=3", "sweep_name=s"]
-    signal_after_epoch(2, signal.SIGINT)  # in job 0: Ctrl-C stops the whole sweep there
+    sweep = ["-m", "attention=softmax,linear", *TINY, "trainer.epochs=2", "sweep_name=s"]
+    signal_after_epoch(1, signal.SIGINT)  # in job 0: Ctrl-C stops the whole sweep there
     job0, job1 = (tmp_path / "multirun" / "s" / str(i) for i in (0, 1))
     stopped = cli(*sweep)
     assert stopped.returncode == 130
@@ -313,12 +325,12 @@ def test_sigint_in_a_sweep_writes_the_partial_table_and_a_resumed_rerun_finishes
     assert len(on_exit) == 1
     on_exit[0]()  # the interpreter exits: the table of what the sweep has
     partial = pd.read_csv(tmp_path / "results" / "s" / "comparison.csv")
-    assert list(partial["status"]) == ["interrupted"] and partial["epochs_done"][0] == 2
+    assert list(partial["status"]) == ["interrupted"] and partial["epochs_done"][0] == 1
 
     monkeypatch.setattr(RunRecord, "end_epoch", END_EPOCH)  # no more signals
     again = cli(*sweep, "trainer.resume=true")
     assert again.returncode == 0, again.stderr
-    assert len(pd.read_csv(job0 / "history.csv")) == len(pd.read_csv(job1 / "history.csv")) == 3
+    assert len(pd.read_csv(job0 / "history.csv")) == len(pd.read_csv(job1 / "history.csv")) == 2
     table = pd.read_csv(tmp_path / "results" / "s" / "comparison.csv")
     assert list(table["status"]) == ["completed", "completed"] and table["error"].isna().all()
 

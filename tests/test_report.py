@@ -18,32 +18,26 @@ from vitsweep.report import (
 )
 
 QUICK = [o for o in TINY if o != "logger=none"] + ["trainer.epochs=1", "data.subset=32"]
-EXPECTED_HEADINGS = [
-    "attention",
-    "embedding",
-    "image size",
-    "dim",
-    "patch size",
-    "tokens",
-    "heads",
-    "blocks",
-    "parameters",
-    "GFLOPs/img",
-    "best top-1 %",
-    "final top-1 %",
-    "s/epoch",
-    "train s/epoch",
-    "test s/epoch",
-    "train img/s",
-    "peak MB",
-    "epochs",
-    "status",
-]
+HOW_SURE = ["95% CI", "n", "Δ best top-1 vs baseline [95% CI]", "p", "status"]
+HEADLINE = ["attention", "embedding", "parameters", "GFLOPs/img", "best top-1 %",
+            "train s/epoch", *HOW_SURE]  # fmt: skip
+ALL_COLUMNS = [
+    "attention", "embedding", "image size", "dim", "patch size", "tokens", "heads", "blocks",
+    "parameters", "GFLOPs/img", "best top-1 %", "final top-1 %", "s/epoch", "train s/epoch",
+    "test s/epoch", "train img/s", "peak MB", "epochs", *HOW_SURE,
+]  # fmt: skip
+
+
+def _headers(markdown: str) -> list[list[str]]:
+    """The heading row of every table in a markdown text."""
+    lines = markdown.splitlines()
+    return [[cell.strip() for cell in line.strip("|").split("|")]
+            for i, line in enumerate(lines)
+            if line.startswith("| ") and (i == 0 or not lines[i - 1].startswith("|"))]  # fmt: skip
 
 
 def _header(markdown: str) -> list[str]:
-    line = next(line for line in markdown.splitlines() if line.startswith("| "))
-    return [cell.strip() for cell in line.strip("|").split("|")]
+    return _headers(markdown)[0]
 
 
 def _rows(markdown: str) -> list[list[str]]:
@@ -63,8 +57,8 @@ def test_mission_sweep_ends_in_a_table_and_plots(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     out = tmp_path / "results" / "mission"
     markdown = (out / "comparison.md").read_text()
-    assert _header(markdown) == EXPECTED_HEADINGS  # the varying choices come first
-    assert [r[:2] for r in _rows(markdown)] == [
+    assert _headers(markdown) == [HEADLINE, ALL_COLUMNS]  # the varying choices come first
+    assert [r[:2] for r in _rows(markdown)[:4]] == [
         ["softmax", "patch"],
         ["softmax", "cnn"],
         ["linear", "patch"],
@@ -75,7 +69,9 @@ def test_mission_sweep_ends_in_a_table_and_plots(cli, tmp_path):
     assert len(table) == 4 and (table["status"] == "completed").all()
     assert {"params", "gflops_per_image", "best_top1", "train_img_per_s"} <= set(table.columns)
     assert table["params"].nunique() == 4
-    for plot in ("accuracy.png", "latency.png"):
+    assert "Welch's t-test otherwise" in markdown  # how to read it
+    assert "- jobs: 4; seeds: 0" in markdown and "harness commit:" in markdown  # what produced it
+    for plot in ("accuracy.png", "latency.png", "pareto.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
     assert "| softmax " in result.stdout  # printed too
 

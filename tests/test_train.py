@@ -62,8 +62,8 @@ def test_fit_learns_digits_and_records_every_epoch(tmp_path):
         tmp_path, log_every=4, eval_interval=2
     )
     tracker = RecordingTracker()
-    with record:
-        fit(model, train_loader, test_loader, optimizer, settings, record, tracker)
+    fit(model, train_loader, test_loader, optimizer, settings, record, tracker)
+    record.release()
 
     history = pd.read_csv(tmp_path / "history.csv")
     assert list(history["epoch"]) == list(range(1, 7))
@@ -80,6 +80,7 @@ def test_fit_learns_digits_and_records_every_epoch(tmp_path):
 def test_a_non_finite_loss_stops_training_with_its_step(tmp_path):
     model, *loaders, optimizer, settings, record = _digits_run(tmp_path, epochs=2, lr=1e30,
                                                                log_every=1000)  # fmt: skip
-    with record, pytest.raises(Diverged) as stopped:
+    with pytest.raises(Diverged) as stopped:
         fit(model, *loaders, optimizer, settings, record, NullTracker())
+    record.release()
     assert 1 <= stopped.value.step <= len(loaders[0])  # found at the epoch's end, not later

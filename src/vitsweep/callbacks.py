@@ -9,8 +9,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from vitsweep.errors import ConfigError
-from vitsweep.sweep import claim_sweep, git_commit, without_resume
+from vitsweep.errors import ConfigError, raise_interrupt
+from vitsweep.fields import check_fields
+from vitsweep.record import DONE
+from vitsweep.sweep import ReportSettings, claim_sweep, git_commit, without_resume
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,10 +26,84 @@ def sweep_grid(config: DictConfig) -> dict[str, Any]:
     """What makes a sweep this sweep: its command line (less ``trainer.resume``) and the
     sweeper's own parameters (an experiment's grid, an Optuna search space)."""
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    return {
-        "overrides": without_resume(list(config.hydra.overrides.task)),
-        "params": {str(k): str(v) for k, v in params.items()},
+    return {  # sorted: the same grid typed in another order is the same sweep
+        "overrides": sorted(without_resume(list(config.hydra.overrides.task))),
+        "params": {str(k): str(v) for k, v in sorted(params.items())},
     }
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The override lists of the jobs Hydra's basic sweeper will launch: its own expansion of
+    the sweeper's parameters (an experiment's grid) and the command line."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def size_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """One job's model built (on the CPU) and sized, or the one line that stops it."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vitsweep.job import build
+    from vitsweep.measure import describe_model
+
+    try:
+        job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
+        task = OmegaConf.to_container(OmegaConf.masked_copy(job, [k for k in job if k != "hydra"]),
+                                      resolve=True)  # fmt: skip
+        task["device"] = {"name": "cpu"}  # sizes do not depend on the device
+        parts = build(task)
+        shape = (parts.data.channels, parts.data.image_size, parts.data.image_size)
+        size = describe_model(parts.model, shape)
+        return {"parameters": f"{size['params']:,}", "tokens": str(size["tokens"]),
+                "GFLOPs/img": f"{size['flops_per_image'] / 1e9:.2f}", "epochs":
+                str(parts.settings.epochs), "ok": "ok"}  # fmt: skip
+    except Exception as err:
+        from vitsweep.job import find_config_error
+
+        return {"ok": f"error: {find_config_error(err) or err}"}
+
+
+class DryRun(Callback):
+    """``dry_run=true``: list the jobs the command would launch, each built and sized on the
+    CPU (parameters, tokens, forward FLOPs), then stop: nothing is created or trained. Exit 0,
+    or 2 if a job's config is bad (its line says why)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("dry_run"):
+            self.plan(config, [list(config.hydra.overrides.task)])
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.get("dry_run"):
+            return
+        sweeper = OmegaConf.select(config, "hydra.sweeper._target_")
+        if sweeper != BASIC_SWEEPER:
+            _refuse(ConfigError(f"dry_run lists the grid of Hydra's basic sweeper; this sweep "
+                                f"uses {sweeper}"))  # fmt: skip
+        self.plan(config, sweep_jobs(config))
+
+    def plan(self, config: DictConfig, jobs: list[list[str]]) -> None:
+        import pandas as pd
+
+        shown = [[o for o in job if not o.startswith("dry_run=")] for job in jobs]
+        common = set.intersection(*map(set, shown)) if len(shown) > 1 else set()
+        rows = [{"job": str(i), "overrides": " ".join(o for o in job if o not in common) or "—",
+                 **size_job(config, job)} for i, job in enumerate(shown)]  # fmt: skip
+        columns = ["job", "overrides", "parameters", "tokens", "GFLOPs/img", "epochs", "ok"]
+        table = pd.DataFrame(rows).reindex(columns=columns).fillna("—")
+        print(table.to_markdown(index=False, disable_numparse=True))
+        failed = int((table["ok"] != "ok").sum())
+        also = f"; all with: {' '.join(sorted(common))}" if common else ""
+        print(f"\n{len(jobs)} jobs{also}. Dry run: nothing was created or trained"
+              + (f"; {failed} would fail." if failed else "."))  # fmt: skip
+        raise SystemExit(2 if failed else 0)
 
 
 class ClaimDirectories(Callback):
@@ -58,10 +134,6 @@ class ClaimDirectories(Callback):
             _refuse(err)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 class ComparisonReport(Callback):
     """At the end of every multirun, collect its jobs' records into results/<sweep_name>/:
     comparison.md, comparison.csv and the plots, and print the table. A sweep in which any job
@@ -72,13 +144,20 @@ class ComparisonReport(Callback):
     def __init__(self, results_dir: str = "results") -> None:
         self.results_dir = Path(results_dir)
         self.config: DictConfig | None = None
+        self.settings = ReportSettings()
         self.previous_sigterm: Any = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        report = OmegaConf.to_container(config.get("report") or {}, resolve=True)
+        try:  # a bad report setting stops the sweep now, not after hours of training
+            check_fields("report", ReportSettings, report)
+            self.settings = ReportSettings(**report)
+        except ConfigError as err:
+            _refuse(err)
         self.config = config
         atexit.register(self._report_on_exit)
         try:  # between jobs too, SIGTERM stops the sweep as Ctrl-C does
-            self.previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+            self.previous_sigterm = signal.signal(signal.SIGTERM, raise_interrupt)
         except ValueError:  # not the main thread
             self.previous_sigterm = None
 
@@ -110,7 +189,8 @@ class ComparisonReport(Callback):
                 print(f"no jobs found under {sweep_dir}; no comparison written", file=sys.stderr)
                 return 0
             out_dir = self.results_dir / str(config.sweep_name)
-            table = write_report(runs, curves, out_dir, sweep_dir)
+            s = self.settings
+            table = write_report(runs, curves, out_dir, sweep_dir, s.baseline, s.confidence)
         except Exception as err:
             print(
                 f"error: the comparison table of {sweep_dir} could not be built: "
@@ -118,7 +198,7 @@ class ComparisonReport(Callback):
                 file=sys.stderr,
             )
             raise SystemExit(1) from None
-        not_completed = int((~runs["status"].isin(["completed", "sized"])).sum())
+        not_completed = int((~runs["status"].isin(DONE)).sum())
         print(
             f"\n{table}\nComparison of {len(runs)} jobs ({not_completed} not completed) "
             f"in {out_dir}/"

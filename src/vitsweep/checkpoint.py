@@ -46,9 +46,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConfigError(
-            f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
-            "restore it from a copy, or start a new run directory"
+            f"{path} cannot be read ({type(err).__name__}: {first_line}); restore it from a "
+            "copy, or start a new run directory"
         ) from None
     missing = {"epoch", "model", "optimizer", "scheduler", "torch_rng", "history"} - set(state)
     if missing:

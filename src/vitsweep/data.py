@@ -274,6 +274,18 @@ class DataSettings:
         ])  # fmt: skip
 
 
+def check_matches_config(images: ImageSet, data: DataSettings) -> None:
+    """The data set loaded is the one the config describes (the model was sized from it)."""
+    _, channels, height, width = images.images.shape
+    require(channels == data.channels, "data.channels", data.channels,
+            f"{channels}: the data set's images have {channels} channel(s)")  # fmt: skip
+    require(height == width == data.image_size, "data.image_size", data.image_size,
+            f"{height}: the data set's images are {height}x{width}")  # fmt: skip
+    top = int(images.labels.max()) if len(images) else -1
+    require(top < data.num_classes, "data.num_classes", data.num_classes,
+            f"at least {top + 1}: the data set has labels up to {top}")  # fmt: skip
+
+
 def build_loaders(
     data: DataSettings,
     batch_size: int,
@@ -284,6 +296,8 @@ def build_loaders(
     """Train and test loaders as the data config asks: ``loader: device`` (the default; the
     whole set on the device, batched augmentation) or ``loader: torchvision`` (per image)."""
     train, test = (s.head(data.subset) for s in instantiate(data.source))
+    check_matches_config(train, data)
+    check_matches_config(test, data)
     stats = {"mean": list(data.mean), "std": list(data.std)}
     if data.loader == "torchvision":
         return (

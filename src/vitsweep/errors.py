@@ -4,6 +4,7 @@
 the input that is wrong, not the code. ``Diverged`` is a non-finite loss.
 """
 
+import signal
 from typing import Any
 
 
@@ -29,3 +30,8 @@ def require_each(prefix: str, rules: list[tuple[str, Any, bool, str]]) -> None:
     """``require`` for a table of (field, value, ok, allowed) rules under one prefix."""
     for field, value, ok, allowed in rules:
         require(ok, f"{prefix}.{field}", value, allowed)
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    """A signal handler that stops the program as Ctrl-C does (for SIGTERM: SLURM, kill)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)

@@ -75,19 +75,17 @@ def describe(hint: Any) -> str:
         return " or ".join(dict.fromkeys(describe(arg) for arg in args))
     if origin is typing.Literal:
         return " or ".join(map(str, args))
-    names = {
-        bool: "true or false",
-        int: "an integer",
-        float: "a finite number",
-        str: "a string",
-        type(None): "null",
-        None: "null",
-    }
+    if hint in (dict, Mapping) or origin in (dict, Mapping):
+        return "a group of settings"
+    if origin in (list, tuple, Sequence):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} (each {describe(args[0])})"
+        return f"a list (each {describe(args[0])})" if args else "a list"
+    names = {bool: "true or false", int: "an integer", float: "a finite number",
+             str: "a string", type(None): "null", None: "null"}  # fmt: skip
     if hint in names:
         return names[hint]
-    if origin in (list, tuple, Sequence):
-        return f"a list of {describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
-    return getattr(hint, "__name__", str(hint))
+    return "a tensor" if getattr(hint, "__name__", "") == "Tensor" else str(hint)
 
 
 def check_fields(
@@ -99,6 +97,8 @@ def check_fields(
     """Every key of ``values`` (but Hydra's ``_target_``-style keys) is a parameter of
     ``target`` that its annotation admits; every parameter without a default is given.
     ``supplied``: parameters the code passes itself, which the config must not set."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path}={values!r}: expected a group of settings (key: value)")
     params = _parameters(target)
     hints = _hints(target)
     supplied = set(supplied)

@@ -34,26 +34,18 @@ class DirectoryLock:
     """An exclusive lock on a directory (``run.lock``), held while this process works in it.
 
     The operating system drops a ``flock`` when its process ends, however it ends, so a run
-    killed with ``kill -9`` never leaves a lock that blocks the resume.
+    killed with ``kill -9`` never leaves a lock that blocks the resume. Taking the lock changes
+    nothing in the directory but creating an empty ``run.lock`` where there was none (removed
+    again if the run is refused); ``mark_owner`` writes the pid once the directory is taken.
     """
 
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / "run.lock"
         self.file: IO[str] | None = None
-
-    def holder(self) -> str | None:
-        """The pid of the live process holding the lock, or None; takes nothing."""
-        if not self.path.exists():
-            return None
-        with open(self.path) as file:
-            try:
-                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return file.read().strip() or "unknown"
-            fcntl.flock(file, fcntl.LOCK_UN)
-        return None
+        self.created = False
 
     def acquire(self) -> None:
+        self.created = not self.path.exists()
         file = open(self.path, "a+")  # noqa: SIM115 (held open for as long as the lock)
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,14 +57,23 @@ class DirectoryLock:
                 f"{self.path.parent} is in use by a live run (pid {pid}); wait for it to end, "
                 "or choose another directory"
             ) from None
-        file.truncate(0)
-        file.write(f"{os.getpid()}\n")
-        file.flush()
         self.file = file
 
+    def mark_owner(self) -> None:
+        """Write this process's pid into the lock file: the directory is taken."""
+        assert self.file is not None
+        self.file.truncate(0)
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+        self.created = False
+
     def release(self) -> None:
-        if self.file is not None:
+        if self.file is None:
+            return
+        if self.created:  # refused before taking the directory: leave it as it was
             with contextlib.suppress(OSError):
-                fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
-            self.file = None
+                self.path.unlink()
+        with contextlib.suppress(OSError):
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+        self.file = None

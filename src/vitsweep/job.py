@@ -26,11 +26,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vitsweep.data import DataSettings, build_loaders
 from vitsweep.device import device_label, resolve_device
-from vitsweep.errors import ConfigError, Diverged, require
+from vitsweep.errors import ConfigError, Diverged, raise_interrupt, require
 from vitsweep.fields import check_fields
 from vitsweep.measure import describe_model
 from vitsweep.models.vit import ATTENTION_ARGS, EMBEDDING_ARGS
 from vitsweep.record import RunRecord
+from vitsweep.sweep import ReportSettings, without_resume
 from vitsweep.train import TrainerSettings, build_optimizer, fit
 
 log = logging.getLogger("vitsweep.run")
@@ -60,6 +61,8 @@ class RunConfig:
     data: dict[str, Any]
     logger: dict[str, Any]
     sweep_name: str | None = None
+    dry_run: bool = False  # list the jobs, sized, and run none (vitsweep.callbacks.DryRun)
+    report: dict[str, Any] | None = None  # how a sweep's table compares rows (ReportSettings)
 
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
@@ -78,13 +81,15 @@ class Parts:
     seed: int
 
 
-def checked(path: str, node: dict[str, Any], supplied: tuple[str, ...] = ()) -> Any:
+def checked(path: str, node: Any, supplied: tuple[str, ...] = ()) -> Any:
     """The class or function a ``_target_`` node names, once the node's fields are checked
     against its signature."""
+    require(isinstance(node, dict) and "_target_" in node, path, node,
+            "a config node with a _target_ (choose an option of its group)")  # fmt: skip
     try:
         target = get_object(node["_target_"])
     except Exception:
-        raise ConfigError(f"{path}._target_={node.get('_target_')!r} cannot be imported") from None
+        raise ConfigError(f"{path}._target_={node['_target_']!r} cannot be imported") from None
     check_fields(path, target, node, supplied)
     return target
 
@@ -97,13 +102,15 @@ def build(config: dict[str, Any]) -> Parts:
     check_fields("trainer", TrainerSettings, run.trainer)
     check_fields("data", DataSettings, run.data)
     check_fields("device", resolve_device, run.device)
+    check_fields("report", ReportSettings, run.report or {})
+    ReportSettings(**(run.report or {}))
     settings, data = TrainerSettings(**run.trainer), DataSettings(**run.data)
     checked("data.source", data.source)
     device = resolve_device(**run.device)
     checked("logger", run.logger)
     tracker = instantiate(run.logger)
-    checked("model.embedding", run.model["embedding"], supplied=EMBEDDING_ARGS)
-    checked("model.attention", run.model["attention"], supplied=ATTENTION_ARGS)
+    checked("model.embedding", run.model.get("embedding"), supplied=EMBEDDING_ARGS)
+    checked("model.attention", run.model.get("attention"), supplied=ATTENTION_ARGS)
     checked("model", run.model)
     checked("optim", run.optim, supplied=("params",))
     torch.manual_seed(run.seed)
@@ -134,6 +141,9 @@ def train(parts: Parts, record: RunRecord, job: JobInfo) -> None:
         fit(p.model, *loaders, p.optimizer, p.settings, record, p.tracker, record.resume_state)
         record.update(status="completed")
         exit_code = 0
+    except BaseException as err:  # the status W&B is told is the one the record keeps
+        record.update(**failure_fields(err))
+        raise
     finally:
         p.tracker.summary(record.summary)
         p.tracker.finish(exit_code)
@@ -148,7 +158,7 @@ def recorded_config(cfg: DictConfig, job: JobInfo) -> dict[str, Any]:
         config = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"the config cannot be resolved: {str(err).splitlines()[0]}") from None
-    kept = [o for o in job.overrides if not o.lstrip("+~").startswith("trainer.resume=")]
+    kept = without_resume(job.overrides)
     return config | {"choices": job.choices, "sweep_name": job.sweep_name, "overrides": kept}
 
 
@@ -160,16 +170,37 @@ class Outcome:
         self.record: RunRecord | None = None
 
     def claim(self, cfg: DictConfig) -> RunRecord:
-        resume = cfg.trainer.get("resume", False)
+        """The run directory, taken for this run; or a refusal (one line), nothing written."""
+        resume = OmegaConf.select(cfg, "trainer.resume", default=False)
         require(isinstance(resume, bool), "trainer.resume", resume, "true or false")
-        self.record = RunRecord.claim(self.job.run_dir, recorded_config(cfg, self.job), resume)
-        if self.record.done:
-            log.info("%s is already %s; skipped", self.job.run_dir, self.record.summary["status"])
-        return self.record
+        config = recorded_config(cfg, self.job)
+        try:
+            record = RunRecord.claim(self.job.run_dir, config, resume)
+        except ConfigError as refusal:
+            if (bad_field := config_error_of(build, config)) is not None:
+                raise bad_field from None  # a bad field says more than "holds another run"
+            raise refusal from None
+        if record.done:  # skipped, but not with a bad field unsaid; its record stays as it is
+            if (bad_field := config_error_of(build, config)) is not None:
+                record.release()
+                raise bad_field from None
+            log.info("%s is already %s; skipped", self.job.run_dir, record.summary["status"])
+        self.record = record
+        return record
 
     @property
     def best_accuracy(self) -> float | None:
         return None if self.record is None else self.record.summary.get("best_test_acc")
+
+
+def config_error_of(function: Any, *args: Any) -> ConfigError | None:
+    """The ConfigError that ``function(*args)`` raises, if any (other errors are not ours to
+    report here)."""
+    try:
+        function(*args)
+    except Exception as err:
+        return find_config_error(err)
+    return None
 
 
 def find_config_error(err: BaseException | None) -> ConfigError | None:
@@ -179,15 +210,11 @@ def find_config_error(err: BaseException | None) -> ConfigError | None:
     return err
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 @contextlib.contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """Let SIGTERM (what SLURM and ``kill`` send) stop a run the way Ctrl-C does."""
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = signal.signal(signal.SIGTERM, raise_interrupt)
     except ValueError:  # not the main thread (a threaded launcher): leave signals alone
         yield
         return
@@ -197,51 +224,51 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def reported_failures(job: JobInfo) -> Iterator[Outcome]:
-    """Record why a job stopped, and tell the user in one line when it was their input.
+def failure_fields(err: BaseException) -> dict[str, Any]:
+    """What the record keeps of why a run stopped: its status and error."""
+    if isinstance(err, KeyboardInterrupt):
+        return {"status": "interrupted", "error": f"interrupted ({err or 'SIGINT'})"}
+    if isinstance(err, Diverged):
+        return {"status": "diverged", "error": str(err), "diverged_step": err.step}
+    if (config_error := find_config_error(err)) is not None:
+        return {"status": "failed", "error": str(config_error)}
+    return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
 
-    A ``ConfigError`` prints one line and exits 2 (a single run) or marks the job failed and
-    lets the sweep go on (a multirun); ``Diverged`` likewise, with exit 1. An interrupt
-    (Ctrl-C, SIGTERM) is recorded and ends the process with exit 130, sweep included: the user
-    asked to stop. Any other exception is a bug: recorded, then re-raised with its traceback
-    in a single run, and logged with it in a multirun. The run directory is released at the
-    end, whatever happened.
-    """
-    outcome = Outcome(job)
 
-    def fail(**fields: Any) -> None:
-        if outcome.record is not None:
-            outcome.record.update(**fields)
-
-    try:
-        with sigterm_interrupts():
-            yield outcome
-    except KeyboardInterrupt as err:
-        fail(status="interrupted", error=f"interrupted ({err or 'SIGINT'})")
-        where = outcome.record.run_dir if outcome.record else job.run_dir
-        print(
-            f"interrupted: the last finished epoch is saved in {where}; rerun the same "
-            "command with trainer.resume=true to carry on",
-            file=sys.stderr,
-        )
+def report_failure(err: BaseException, job: JobInfo, where: Path) -> None:
+    """Tell the user why a job stopped, and end the process where the policy says so:
+    an interrupt always (exit 130: the user asked to stop, sweep included); bad input (2),
+    divergence (1) and a bug (its traceback) only in a single run, as a sweep goes on."""
+    if isinstance(err, KeyboardInterrupt):
+        print(f"interrupted: the last finished epoch is saved in {where}; rerun the same "
+              "command with trainer.resume=true to carry on", file=sys.stderr)  # fmt: skip
         raise SystemExit(130) from None
-    except Diverged as err:
-        fail(status="diverged", error=str(err), diverged_step=err.step)
+    if isinstance(err, Diverged):
         print(f"diverged: {err}", file=sys.stderr)
         if not job.multirun:
             raise SystemExit(1) from None
-    except Exception as err:
-        if (config_error := find_config_error(err)) is not None:
-            fail(status="failed", error=str(config_error))
-            print(f"error: {config_error}", file=sys.stderr)
-            if not job.multirun:
-                raise SystemExit(2) from None
-            return
-        fail(status="failed", error=f"{type(err).__name__}: {err}")
+    elif (config_error := find_config_error(err)) is not None:
+        print(f"error: {config_error}", file=sys.stderr)
         if not job.multirun:
-            raise
-        log.exception("job failed; the sweep goes on")
+            raise SystemExit(2) from None
+    elif not job.multirun:
+        raise err
+    else:
+        log.error("job failed; the sweep goes on", exc_info=err)
+
+
+@contextlib.contextmanager
+def reported_failures(job: JobInfo) -> Iterator[Outcome]:
+    """Record why a job stopped (``failure_fields``), tell the user and exit as
+    ``report_failure`` says, and release the run directory at the end, whatever happened."""
+    outcome = Outcome(job)
+    try:
+        with sigterm_interrupts():
+            yield outcome
+    except (KeyboardInterrupt, Exception) as err:
+        if outcome.record is not None:
+            outcome.record.update(**failure_fields(err))
+        report_failure(err, job, outcome.record.run_dir if outcome.record else job.run_dir)
     finally:
         if outcome.record is not None:
             outcome.record.release()

@@ -1,4 +1,5 @@
-"""The sweep's plots, from the per-epoch curves of its jobs (matplotlib, written atomically)."""
+"""The sweep's plots: curves per epoch, and accuracy against cost (matplotlib, written
+atomically, readable at the README's width)."""
 
 from collections.abc import Mapping
 from pathlib import Path
@@ -8,11 +9,23 @@ import pandas as pd
 from vitsweep.files import write_atomic
 
 
-def _save(fig, path: Path) -> None:
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> None:
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+    _pyplot().close(fig)
+
+
+def short(label: str) -> str:
+    """A row's label without its keys: 'attention=softmax embedding=patch' -> 'softmax patch'."""
+    return " ".join(part.split("=")[-1] for part in str(label).split())
 
 
 def plot_curves(
@@ -23,27 +36,69 @@ def plot_curves(
     path: Path,
     scale: float = 1.0,
 ) -> None:
-    """One line per configuration (the mean over its seeds) of ``column`` against epoch, and
+    """One line per configuration of ``column`` against epoch: the mean over its seeds, and
     a band of one standard deviation where seeds repeat it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(7, 4.2))
     if len(curves) and column in curves:
         data = curves.dropna(subset=[column]).assign(label=curves["run"].map(labels))
         for label, group in data.groupby("label", sort=False):
             by_epoch = group.groupby("epoch")[column]
             mean = by_epoch.mean() * scale
-            ax.plot(mean.index, mean.values, marker="o", markersize=3, label=label)
-            if group["run"].nunique() > 1:
+            seeds = group["run"].nunique()
+            name = short(label) + (f" (n={seeds})" if seeds > 1 else "")
+            (line,) = ax.plot(mean.index, mean.values, marker="o", markersize=3, label=name)
+            if seeds > 1:
                 std = by_epoch.std().fillna(0) * scale
-                ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2)
-        ax.legend(fontsize=8)
+                ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2,
+                                color=line.get_color())  # fmt: skip
+        ax.legend(fontsize=8, title="mean, band ±1 std over seeds", title_fontsize=8)
     ax.set(xlabel="epoch", ylabel=ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def frontier(costs: list[float], scores: list[float]) -> list[int]:
+    """Indices of the rows no other row beats on both counts (cheaper and at least as good),
+    in order of cost."""
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], -scores[i]))
+    kept, best = [], float("-inf")
+    for i in order:
+        if scores[i] > best:
+            kept.append(i)
+            best = scores[i]
+    return kept
+
+
+def plot_pareto(table: pd.DataFrame, path: Path) -> None:
+    """Best top-1 (mean, with ±1 std over seeds) against two costs, train seconds per epoch
+    and forward GFLOPs per image; each point is a row, and the frontier is drawn."""
+    costs = [("train_s_per_epoch", "train seconds per epoch"),
+             ("gflops_per_image", "forward GFLOPs per image")]  # fmt: skip
+    fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4.4))
+    for ax, (cost, xlabel) in zip(axes, costs):
+        data = table.dropna(subset=[cost, "best_top1"]).reset_index(drop=True)
+        if data.empty:
+            ax.text(0.5, 0.5, "no completed rows", ha="center", transform=ax.transAxes)
+        else:
+            errors = data["best_top1_std"].fillna(0) if "best_top1_std" in data else None
+            ax.errorbar(data[cost], data["best_top1"], yerr=errors, fmt="o", capsize=3)
+            for _, row in data.iterrows():
+                ax.annotate(short(row["label"]), (row[cost], row["best_top1"]), fontsize=8,
+                            textcoords="offset points", xytext=(5, 4))  # fmt: skip
+            best = frontier(list(data[cost]), list(data["best_top1"]))
+            ax.step(data[cost][best], data["best_top1"][best], where="post", color="grey",
+                    alpha=0.6, linestyle="--")  # fmt: skip
+            ax.scatter(data[cost][best], data["best_top1"][best], s=160, facecolors="none",
+                       edgecolors="grey", label="frontier: none cheaper and better")  # fmt: skip
+            ax.legend(fontsize=8, loc="lower right")
+            if data[cost].max() > 10 * data[cost].min() > 0:
+                ax.set_xscale("log")
+        ax.set(xlabel=xlabel, ylabel="best test top-1 (%)")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("Accuracy against cost (upper left is better)")
     fig.tight_layout()
     _save(fig, path)

@@ -33,11 +33,23 @@ from vitsweep.files import DirectoryLock, write_atomic
 DONE = ("completed", "sized")  # a resumed run in one of these states has nothing left to do
 
 
+# Settings that do not change what a run computes, so a resume may differ in them: how it is
+# shown and logged, where its data lives, the command line it was typed as, its sweep's name
+# (checked by the sweep itself) and how that sweep's table is built.
+NOT_COMPARED = {
+    "trainer": {"resume", "progress", "log_every"},
+    "data": {"root", "workers"},
+    "": {"overrides", "logger", "sweep_name", "report", "dry_run"},
+}
+
+
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """What must match for a run to be resumed: the config without ``trainer.resume`` and
-    without the command line it came from (the same config can be typed in other ways)."""
-    trainer = {k: v for k, v in config.get("trainer", {}).items() if k != "resume"}
-    return {k: v for k, v in config.items() if k != "overrides"} | {"trainer": trainer}
+    """What must match for a run to be resumed: the config without ``NOT_COMPARED``."""
+    kept = {k: v for k, v in config.items() if k not in NOT_COMPARED[""]}
+    for block, keys in NOT_COMPARED.items():
+        if block and isinstance(kept.get(block), dict):
+            kept[block] = {k: v for k, v in kept[block].items() if k not in keys}
+    return kept
 
 
 def differences(a: Any, b: Any, path: str = "") -> list[str]:
@@ -119,8 +131,8 @@ def signals_held() -> Iterator[None]:
 
 
 class RunRecord:
-    """A claimed run directory. Build one with ``RunRecord.claim``; use it as a context
-    manager, which releases the directory (its lock and log file) at the end."""
+    """A claimed run directory. Build one with ``RunRecord.claim``; ``release`` gives the
+    directory (its lock and log file) back at the end."""
 
     def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
         self.run_dir = Path(run_dir)
@@ -145,17 +157,16 @@ class RunRecord:
         is started afresh either way."""
         record = cls(run_dir, config)
         record.run_dir.mkdir(parents=True, exist_ok=True)
-        if (pid := record.lock.holder()) is not None:
-            raise ConfigError(
-                f"{run_dir} is in use by a live run (pid {pid}); wait for it to "
-                "end, or choose another directory"
-            )
-        earlier = record._read_earlier()
-        if earlier is not None:
-            record._check_resumable(earlier, resume)
-        record.lock.acquire()
+        record.lock.acquire()  # first: no other process can claim it while this one looks
         try:
-            record._start(earlier)
+            earlier = record._read_earlier()
+            if earlier is not None:
+                record._check_resumable(earlier, resume)
+            if earlier is not None and earlier["summary"].get("status") in DONE:
+                record.summary = earlier["summary"]  # nothing left to do: nothing rewritten
+            else:
+                record.lock.mark_owner()
+                record._start(earlier)
         except BaseException:
             record.release()
             raise
@@ -259,9 +270,3 @@ class RunRecord:
             self.log_handler.close()
             self.log_handler = None
         self.lock.release()
-
-    def __enter__(self) -> "RunRecord":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

@@ -8,15 +8,28 @@ again only to finish that same grid (``trainer.resume=true``); another grid is r
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, require
 
 RECORD = "sweep.yaml"
+
+
+@dataclass
+class ReportSettings:
+    """The ``report:`` block: how a sweep's table compares its rows."""
+
+    baseline: int | str | None = None  # a row number (from 1) or choices; null: the first row
+    confidence: float = 0.95  # of the intervals; a difference is marked at p < 1 - confidence
+
+    def __post_init__(self) -> None:
+        require(0 < self.confidence < 1, "report.confidence", self.confidence,
+                "a number in (0, 1)")  # fmt: skip
 
 
 def without_resume(overrides: list[str]) -> list[str]:
@@ -57,10 +70,16 @@ def claim_sweep(
     where = f"{sweep_dir} holds"
     ways = "choose another sweep_name (or hydra.sweep.dir)"
     if record_path.exists():
-        earlier = yaml.safe_load(record_path.read_text()) or {}
+        earlier = read_sweep_record(sweep_dir)
+        if not earlier:
+            raise ConfigError(f"{record_path} cannot be read; {ways}")
         if earlier.get("grid") != grid:
             command = earlier.get("command", "another command")
             raise ConfigError(f"{where} another sweep ({command}); {ways}")
+        name = about.get("name")
+        if name is not None and earlier.get("name") not in (None, name):
+            raise ConfigError(f"{where} the sweep named {earlier['name']!r}; add "
+                              f"sweep_name={earlier['name']} to resume it")  # fmt: skip
         if not resume:
             raise ConfigError(
                 f"{where} this sweep already; add trainer.resume=true to finish it, or {ways}"
