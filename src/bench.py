@@ -25,16 +25,18 @@ from torch import nn
 from tqdm import tqdm
 
 from vitsweep.config import compose_config
-from vitsweep.data import DeviceLoader, ImageSet, torchvision_loader
+from vitsweep.data import DeviceLoader, torchvision_loader
+from vitsweep.datasets import ImageSet
 from vitsweep.device import device_label, resolve_device
 from vitsweep.files import slug
-from vitsweep.measure import describe_model, peak_memory_mb, reset_peak_memory
+from vitsweep.measure import PeakMemory, describe_model
 from vitsweep.tracking import NullTracker
 from vitsweep.train import (
     TrainerSettings,
     build_optimizer,
     cosine_schedule,
     evaluate,
+    synchronize,
     train_one_epoch,
 )
 
@@ -54,12 +56,29 @@ def load_images(name: str, count: int) -> tuple[ImageSet, list[float], list[floa
     return ImageSet(images[:count], labels[:count]), list(data.mean), list(data.std)
 
 
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
+    """The device's own matrix-multiply rate in GFLOP/s: the median of ``repeats`` n x n x n
+    products after a warm-up, the ceiling a training step's GEMMs can approach."""
+    import time
+
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    times = []
+    for i in range(repeats + 2):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
 def build_preset(preset: str, explicit: bool) -> nn.Module:
     cfg = compose_config([f"model={preset}", "data=cifar10"])
     if explicit and cfg.model.attention._target_.endswith("SoftmaxAttention"):
         cfg.model.attention.impl = "explicit"
     torch.manual_seed(0)
-    return instantiate(cfg.model)
+    return instantiate(cfg.model, image_size=32, in_channels=3, num_classes=10)
 
 
 def timm_reference(preset: str) -> nn.Module | None:
@@ -82,12 +101,13 @@ class Contender:
         self.optimizer = build_optimizer(partial(torch.optim.AdamW, lr=1e-3), self.model, device)
         self.schedule = cosine_schedule(self.optimizer, 10**6, 0, 0.01)
         self.train_rates, self.eval_rates, self.peak_mb = [], [], 0.0
+        # The warm-up round profiles one step's memory on the CPU; timed rounds reuse it.
+        self.memory = PeakMemory(device)
 
     def run_round(self) -> None:
-        reset_peak_memory(self.device)
         stats, _ = train_one_epoch(self.model, self.train_loader, self.optimizer, self.schedule,
-                                   self.settings, NullTracker(), step=0)  # fmt: skip
-        self.peak_mb = max(self.peak_mb, peak_memory_mb(self.device))
+                                   self.settings, NullTracker(), 0, memory=self.memory)  # fmt: skip
+        self.peak_mb = max(self.peak_mb, stats["peak_mem_mb"])
         self.train_rates.append(stats["train_img_per_s"])
         evaluated = evaluate(self.model, self.test_loader, self.settings)
         self.eval_rates.append(evaluated["test_img_per_s"])
@@ -99,22 +119,23 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
     eval_images = ImageSet(images.images[: args.eval_images], images.labels[: args.eval_images])
     on_cuda = device.type == "cuda"
     fast = TrainerSettings(
-        batch_size=args.batch, precision="auto", progress=False,
+        batch_size=args.batch, precision=args.precision, progress=False,
         micro_batch_size=None if on_cuda else args.cpu_micro_batch,
     )  # fmt: skip
     reference = TrainerSettings(batch_size=args.batch, precision="fp32", progress=False)
     fast_model = build_preset(preset, explicit=False)
     if on_cuda:
         fast_model = fast_model.to(memory_format=torch.channels_last)
+    augment = {"train": True, "crop_padding": 4, "flip": True}
     contenders = [
         Contender(
             "vitsweep", torch.compile(fast_model) if args.compile else fast_model,
-            DeviceLoader(steps_images, args.batch, mean, std, device, train=True, augment=True),
+            DeviceLoader(steps_images, args.batch, mean, std, device, **augment),
             DeviceLoader(eval_images, 512, mean, std, device), fast, device,
         ),
         Contender(
             "seed-style reference", build_preset(preset, explicit=True),
-            torchvision_loader(steps_images, args.batch, mean, std, train=True, augment=True),
+            torchvision_loader(steps_images, args.batch, mean, std, **augment),
             torchvision_loader(eval_images, 512, mean, std), reference, device,
         ),
     ]  # fmt: skip
@@ -122,7 +143,7 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
     if timm_model is not None:  # same data path and settings as ours: only the model differs
         contenders.append(Contender(
             "timm VisionTransformer", timm_model,
-            DeviceLoader(steps_images, args.batch, mean, std, device, train=True, augment=True),
+            DeviceLoader(steps_images, args.batch, mean, std, device, **augment),
             DeviceLoader(eval_images, 512, mean, std, device), fast, device,
         ))  # fmt: skip
     size = describe_model(fast_model.to(device), (3, 32, 32))
@@ -144,7 +165,8 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
             "path": contender.name,
             "batch": args.batch,
             "micro_batch": contender.settings.micro_batch_size or args.batch,
-            "precision": "bf16" if on_cuda and contender.settings.precision == "auto" else "fp32",
+            "precision": "bf16" if contender.settings.precision == "bf16"
+            or (on_cuda and contender.settings.precision == "auto") else "fp32",
             "train_img_per_s": train_rate,
             "eval_img_per_s": statistics.median(contender.eval_rates),
             "vs_reference": train_rate / reference_rate,
@@ -153,6 +175,8 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
             "gflops_per_image": size["flops_per_image"] / 1e9,
             # a training step is ~3 forward passes (forward, and backward's two matmuls each)
             "achieved_gflop_per_s": 3 * size["flops_per_image"] * train_rate / 1e9,
+            "eval_vs_reference": statistics.median(contender.eval_rates)
+            / statistics.median(contenders[1].eval_rates),
             "epoch_50k_s": 50_000 / train_rate,
         })  # fmt: skip
     return rows
@@ -174,27 +198,36 @@ def write_profile(preset: str, contender: Contender, args: argparse.Namespace) -
     path.write_text(f"{preset}, {contender.name} path, one round of {args.steps} steps\n{table}")
 
 
-def write_results(frame: pd.DataFrame, label: str, args: argparse.Namespace) -> Path:
+def write_results(
+    frame: pd.DataFrame, label: str, peaks: dict[str, float], args: argparse.Namespace
+) -> Path:
+    """results/bench/<device>.csv and .md: each path's throughput, its ratio to the seed-style
+    reference, and its achieved fraction of the device's measured matrix-multiply peak."""
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / slug(label)
+    stem = args.out / slug(label + ("_compile" if args.compile else ""))
     frame.to_csv(stem.with_suffix(".csv"), index=False)
+    measured = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in peaks.items())
     lines = [
         f"# Training throughput — {label}",
         "",
         f"Data: {args.data}; batch {args.batch}; {args.steps} steps per round, median of "
         f"{args.rounds} alternating rounds after one warm-up round. Eval on {args.eval_images} "
-        "images. GFLOPs are forward per image; achieved GFLOP/s counts a step as 3 forwards.",
+        "images. GFLOPs are forward per image; achieved GFLOP/s counts a step as 3 forwards. "
+        f"The device's own {args.peak_n}³ matrix-multiply peak, measured at the start: "
+        f'{measured}; "of peak" is achieved over the peak of the path\'s precision. Peak MB is '
+        "the tensor memory of a training step (model, gradients, optimizer state, data, and what "
+        "the step allocates at its peak).",
         "",
         "| preset | path | micro-batch | precision | train img/s | × reference | eval img/s "
-        "| peak MB | GFLOPs/img | GFLOP/s | s per 50k-image epoch |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| eval × reference | peak MB | GFLOPs/img | GFLOP/s | of peak | s per 50k-image epoch |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in frame.itertuples():
         lines.append(
             f"| {r.preset} | {r.path} | {r.micro_batch} | {r.precision} | "
             f"{r.train_img_per_s:.1f} | {r.vs_reference:.2f} | {r.eval_img_per_s:.1f} | "
-            f"{r.peak_mb:.0f} | {r.gflops_per_image:.2f} | {r.achieved_gflop_per_s:.1f} | "
-            f"{r.epoch_50k_s:.1f} |"
+            f"{r.eval_vs_reference:.2f} | {r.peak_mb:.0f} | {r.gflops_per_image:.2f} | "
+            f"{r.achieved_gflop_per_s:.1f} | {r.of_peak:.0%} | {r.epoch_50k_s:.1f} |"
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -211,17 +244,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--eval-images", type=int, default=512)
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    parser.add_argument("--precision", default="auto", help="the fast path's: auto | fp32 | bf16")
     parser.add_argument("--profile", action="store_true", help="write each preset's op profile")
+    parser.add_argument("--peak-n", type=int, default=2048, help="side of the peak probe's GEMM")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
+    peaks = {"fp32": matmul_peak(device, torch.float32, args.peak_n),
+             "bf16": matmul_peak(device, torch.bfloat16, args.peak_n)}  # fmt: skip
     images, mean, std = load_images(args.data, max(args.steps * args.batch, args.eval_images))
     rows = []
     for preset in tqdm(args.presets, desc="bench"):
         rows += bench_preset(preset, images, mean, std, args, device)
-    write_results(pd.DataFrame(rows), device_label(device), args)
+    frame = pd.DataFrame(rows)
+    frame["of_peak"] = frame["achieved_gflop_per_s"] / frame["precision"].map(peaks)
+    write_results(frame, device_label(device), peaks, args)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
     python src/bench_attention.py                      # 256, 1024, 4096 tokens, auto device
     python src/bench_attention.py --tokens 256 1024 --device cpu
 
-Each (variant, N) runs in a fresh process, so that its peak memory is its own: after a warm-up
-pass, the rise over resting memory during one forward+backward (CUDA: the allocator's peak;
-CPU: the process's peak resident set, reset through /proc/self/clear_refs).
+Each (variant, N) runs in a fresh process. Peak memory is the most tensor memory allocated
+during one forward+backward above what was allocated before it, after warm-up passes: CUDA's
+allocator statistics, or on the CPU the profiler's allocation events; the same measure on
+every device, so the curves compare.
 Time is the median of several forward+backward passes after three warm-up passes, also reported as a
 ratio to SDPA softmax at the same N, measured the same way in the same run. Writes
 results/attention/<device>.{csv,md,png}.
@@ -25,7 +26,7 @@ from hydra.utils import instantiate
 from vitsweep.config import CONF_DIR, compose_config, options
 from vitsweep.device import resolve_device
 from vitsweep.files import slug
-from vitsweep.measure import memory_in_use_mb, peak_memory_mb, reset_peak_memory
+from vitsweep.measure import peak_rise_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,10 +61,7 @@ def measure(variant: str, tokens: int, batch: int, dim: int, heads: int, repeats
 
     for _ in range(3):  # warm-up: kernels chosen, thread pools and caches up
         step()
-    reset_peak_memory(dev)
-    resting = memory_in_use_mb(dev)
-    step()
-    peak_mb = peak_memory_mb(dev) - resting
+    peak_mb = peak_rise_mb(dev, step)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -132,7 +130,8 @@ def write_results(frame, label: str, names: list[str], args: argparse.Namespace)
         f"# Attention forward+backward vs tokens — {label}",
         "",
         f"batch {args.batch}, dim {args.dim}, {args.heads} heads, fp32, median of "
-        f"{args.repeats}; peak MB = rise in peak memory during one forward+backward.",
+        f"{args.repeats}; peak MB = the most tensor memory allocated during one forward+backward "
+        "above what was allocated before it (CUDA allocator / CPU profiler allocation events).",
         "",
         "| attention | " + " | ".join(f"ms @ {n}" for n in args.tokens)
         + " | " + " | ".join(f"MB @ {n}" for n in args.tokens) + " |",

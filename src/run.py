@@ -28,6 +28,7 @@ def this_job(cfg: DictConfig) -> JobInfo:
         overrides=list(hydra_cfg.overrides.task),
         name=hydra_cfg.job.override_dirname,
         sweep_name=str(cfg.sweep_name) if multirun else None,
+        num=int(hydra_cfg.job.num) if multirun else None,
     )
 
 
@@ -38,7 +39,7 @@ def main(cfg: DictConfig) -> float | None:
     with reported_failures(job) as outcome:  # failures become statuses, one line, an exit code
         record = outcome.claim(cfg)  # the run directory: refused if it holds another run
         if not record.done:
-            train(build(record.config), record, job)
+            train(build(record.config, job.num), record, job)
     return outcome.best_accuracy
 
 

@@ -36,16 +36,26 @@ def _built(make_config, overrides):
     return cfg, build(OmegaConf.to_container(cfg, resolve=True))
 
 
+@pytest.fixture
+def needs(tmp_path):
+    """What an option needs besides itself: data=folder, a folder of images."""
+    from tests.test_own_data import COLOURS, make_folder
+
+    root = make_folder(tmp_path / "pics", COLOURS, per_class=5)
+    return {"data=folder": [f"data.root={root}"]}
+
+
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
-def test_every_option_reaches_its_own_part(make_config, group, option):
-    cfg = make_config([f"{group}={option}"])
+def test_every_option_reaches_its_own_part(make_config, needs, group, option):
+    extra = needs.get(f"{group}={option}", [])
+    cfg = make_config([f"{group}={option}", *extra])
     if group == "device":  # cuda or mps: built here only where the machine has it
         try:
             assert resolve_device(cfg.device.name).type in (option, "cpu", "cuda", "mps")
         except ConfigError as err:
             assert f"device={option} but" in str(err)
         return
-    cfg, parts = _built(make_config, [f"{group}={option}"])
+    cfg, parts = _built(make_config, [f"{group}={option}", *extra])
     if group in ("attention", "embedding"):
         node = cfg.model[group]
         part = parts.model.blocks[0].attn if group == "attention" else parts.model.embed
@@ -57,8 +67,9 @@ def test_every_option_reaches_its_own_part(make_config, group, option):
         assert type(parts.tracker) is get_object(cfg.logger._target_)
     elif group == "data":
         assert parts.data.name == option
-        images = torch.zeros(1, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-        assert parts.model(images).shape == (1, cfg.data.num_classes)  # sized by the data
+        d = parts.data  # for data=folder, completed from the images
+        images = torch.zeros(1, d.channels, d.image_size, d.image_size)
+        assert parts.model(images).shape == (1, d.num_classes)  # sized by the data
     elif group == "model":
         images = torch.zeros(2, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
         assert parts.model(images).shape == (2, cfg.data.num_classes)
@@ -117,7 +128,7 @@ def test_the_readme_lists_every_option_of_every_group():
         row = next(line for line in groups_table.splitlines() if line.startswith(f"| `{group}`"))
         listed = set(re.findall(r"[\w-]+", row.split("|")[2]))
         assert set(options(group)) <= listed, (group, row)
-    for group in ("attention", "embedding"):
+    for group in ("attention", "embedding", "data", "experiment"):
         for option in options(group):
             assert f"| `{option}` |" in readme, f"{group}={option} has no row in the README"
 

@@ -4,14 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitsweep.data import (
-    DeviceLoader,
-    ImageSet,
-    load_digits,
-    load_fashion_mnist,
-    random_crop,
-    random_flip,
-)
+from vitsweep.data import DeviceLoader, random_crop, random_flip
+from vitsweep.datasets import ImageSet, load_digits, load_fashion_mnist
 
 CPU = torch.device("cpu")
 
@@ -89,7 +83,7 @@ def test_loader_keeps_labels_with_their_images_and_is_seeded():
 
 def test_eval_loader_covers_every_image_in_order():
     data = ImageSet(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10))
-    loader = DeviceLoader(data, 4, [0.0], [1.0], CPU, augment=True)
+    loader = DeviceLoader(data, 4, [0.0], [1.0], CPU, crop_padding=4, flip=True)
     labels = torch.cat([y for _, y in loader])
     assert torch.equal(labels, torch.arange(10))
 

@@ -5,6 +5,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from vitsweep.data import DataSettings
 from vitsweep.errors import ConfigError
 from vitsweep.measure import count_parameters, flops_per_image
 from vitsweep.models import (
@@ -24,14 +25,14 @@ SEED_TOKENS = {"vit": 256, "vitl": 1024, "vitx": 1024}
 @pytest.mark.parametrize("quirks", [False, True])
 def test_presets_match_the_seed_parameter_counts(make_config, preset, quirks):
     cfg = make_config([f"model={preset}", "data=cifar10", f"model.seed_quirks={quirks}"])
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model, image_size=32, in_channels=3, num_classes=10)
     assert count_parameters(model) == SEED_PARAMS[preset]
     assert model.num_tokens == SEED_TOKENS[preset]
 
 
 def test_model_sizes_come_from_the_data_config(make_config):
     cfg = make_config(["model=vit", "data=fashion_mnist"])  # 28x28, one channel
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model, **DataSettings(**cfg.data).model_sizes())
     assert model.num_tokens == 14 * 14
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
@@ -200,3 +201,29 @@ def test_conv_patch_embedding_tokenizes_patches():
     embed = ConvPatchEmbedding(in_channels=3, dim=32, image_size=32, patch_size=4)
     assert embed.num_tokens == 64
     assert embed(torch.randn(2, 3, 32, 32)).shape == (2, 64, 32)
+
+
+def test_peak_memory_counts_tensors_allocated_during_the_pass_and_not_before():
+    from vitsweep.measure import held_tensor_mb, peak_rise_mb
+
+    cpu = torch.device("cpu")
+    kept = torch.zeros(8 * 2**20, dtype=torch.uint8)  # 8 MB allocated before: not counted
+
+    def pass_():
+        a = torch.ones(16 * 2**20, dtype=torch.uint8)  # 16 MB at once, then 4 more on top
+        b = torch.ones(4 * 2**20, dtype=torch.uint8)
+        del a, b
+
+    assert 20 <= peak_rise_mb(cpu, pass_) < 21
+    module = torch.nn.Linear(1024, 256)  # (1024*256 + 256) fp32 parameters
+    assert held_tensor_mb(module, kept) == pytest.approx((1024 * 256 + 256) * 4 / 2**20 + 8)
+
+
+def test_writing_the_attention_matrix_out_costs_quadratic_memory():
+    from vitsweep.measure import peak_rise_mb
+
+    cpu, x = torch.device("cpu"), torch.randn(1, 1024, 64)
+    explicit = SoftmaxAttention(64, 4, 1024, impl="explicit")
+    matrix_mb = 4 * 1024 * 1024 * 4 / 2**20  # heads x N x N fp32 = 16 MB
+    with torch.no_grad():
+        assert peak_rise_mb(cpu, lambda: explicit(x)) >= matrix_mb

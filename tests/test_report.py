@@ -24,7 +24,7 @@ HEADLINE = ["attention", "embedding", "parameters", "GFLOPs/img", "best top-1 %"
 ALL_COLUMNS = [
     "attention", "embedding", "image size", "dim", "patch size", "tokens", "heads", "blocks",
     "parameters", "GFLOPs/img", "best top-1 %", "final top-1 %", "s/epoch", "train s/epoch",
-    "test s/epoch", "train img/s", "peak MB", "epochs", *HOW_SURE,
+    "test s/epoch", "train img/s", "peak MB", "epochs", "device", *HOW_SURE,
 ]  # fmt: skip
 
 

@@ -21,7 +21,7 @@ def test_a_short_run_writes_its_record_and_an_offline_wandb_run(cli, tmp_path):
     run = tmp_path / "run"
 
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["data"]["name"] == "digits" and config["model"]["image_size"] == 32
+    assert config["data"]["name"] == "digits" and config["data"]["image_size"] == 32
     assert config["choices"]["attention"] == "softmax" and "data.subset=64" in config["overrides"]
 
     history = pd.read_csv(run / "history.csv")

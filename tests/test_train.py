@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from vitsweep.data import DeviceLoader, load_digits
+from vitsweep.data import DeviceLoader
+from vitsweep.datasets import load_digits
 from vitsweep.errors import Diverged
 from vitsweep.models import LinearAttention, PatchEmbedding, VisionTransformer
 from vitsweep.record import RunRecord
@@ -46,7 +47,7 @@ def _digits_run(tmp_path, epochs=6, lr=3e-3, **settings):
     train, test = load_digits()
     cpu = torch.device("cpu")
     stats = {"mean": [0.3059] * 3, "std": [0.3241] * 3, "device": cpu}
-    train_loader = DeviceLoader(train, 64, **stats, train=True, augment=False)
+    train_loader = DeviceLoader(train, 64, **stats, train=True)
     test_loader = DeviceLoader(test, 256, **stats)
     model = VisionTransformer(
         partial(PatchEmbedding, patch_size=8), LinearAttention, 32, 3, 10, dim=64, depth=2

@@ -1,129 +1,31 @@
-"""Data sets as whole uint8 tensors, and a loader that batches and augments them on the device.
+"""The data config, and the loaders that batch and augment a data set for training.
 
-Every ``load_*`` function returns ``(train, test)``, each an ``ImageSet`` of uint8 images
-(N, C, H, W) and int64 labels. Image size, channels, classes and normalisation live in the
-data config (conf/data/*.yaml), never in a model.
+``DataSettings`` is the ``data:`` block: what the data set is (``source``, a ``load_*``
+function of vitsweep.datasets), its size, channels, classes and normalisation (given, or read
+from the training split), and how to augment it. ``build_loaders`` turns it into a train and a
+test loader: by default the whole set on the training device with batched augmentation.
 """
 
-import gzip
-import importlib.util
-import shutil
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from vitsweep.errors import ConfigError, require, require_each
-
-
-@dataclass
-class ImageSet:
-    images: torch.Tensor  # uint8, (N, C, H, W)
-    labels: torch.Tensor  # int64, (N,)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def head(self, n: int | None) -> "ImageSet":
-        """The first ``n`` examples (all of them when ``n`` is None)."""
-        return self if n is None else ImageSet(self.images[:n], self.labels[:n])
-
-
-def _from_torchvision(dataset) -> ImageSet:
-    images = torch.as_tensor(np.asarray(dataset.data))
-    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
-    labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
-    return ImageSet(images.contiguous(), labels)
-
-
-def stratified_split(
-    labels: torch.Tensor, test_fraction: float, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and test indices holding ``test_fraction`` of every class in the test split."""
-    g = torch.Generator().manual_seed(seed)
-    train, test = [], []
-    for c in labels.unique(sorted=True):
-        members = (labels == c).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=g)]
-        n_test = round(len(members) * test_fraction)
-        test.append(members[:n_test])
-        train.append(members[n_test:])
-    return torch.cat(train).sort().values, torch.cat(test).sort().values
-
-
-def load_digits(image_size: int = 32, test_fraction: float = 0.2) -> tuple[ImageSet, ImageSet]:
-    """scikit-learn's bundled 8x8 digits (its CSV, read directly, so a run imports neither
-    scikit-learn nor pandas), upsampled to ``image_size`` and repeated to RGB, with a fixed
-    stratified split."""
-    require(image_size >= 1, "data.image_size", image_size, "a positive integer")
-    require(0 < test_fraction < 1, "data.source.test_fraction", test_fraction, "a number in (0, 1)")
-    sklearn = importlib.util.find_spec("sklearn")
-    if sklearn is None or sklearn.origin is None:
-        raise ConfigError("data=digits needs scikit-learn: pip install scikit-learn")
-    table = np.loadtxt(Path(sklearn.origin).parent / "datasets/data/digits.csv.gz", delimiter=",")
-    images = torch.as_tensor(table[:, :64], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    images = F.interpolate(images, size=image_size, mode="bilinear", align_corners=False)
-    images = (images.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
-    labels = torch.as_tensor(table[:, 64], dtype=torch.int64)
-    split = stratified_split(labels, test_fraction)
-    return tuple(ImageSet(images[i].contiguous(), labels[i]) for i in split)  # type: ignore[return-value]
-
-
-def _missing(name: str, root: str, err: Exception, fix: str) -> ConfigError:
-    return ConfigError(f"{name} not found in '{root}' and could not be downloaded ({err}); {fix}")
-
-
-def load_cifar10(root: str = "data", download: bool = True) -> tuple[ImageSet, ImageSet]:
-    """CIFAR-10 through torchvision, downloaded into ``root`` on first use."""
-    from torchvision.datasets import CIFAR10
-
-    try:
-        train, test = (CIFAR10(root, train=t, download=download) for t in (True, False))
-    except (RuntimeError, OSError) as err:
-        fix = "put cifar-10-python.tar.gz there, set data.root, or use data=digits offline"
-        raise _missing("CIFAR-10", root, err, fix) from None
-    return _from_torchvision(train), _from_torchvision(test)
-
-
-def _copy_system_fashion_mnist(system_dir: Path, root: Path) -> None:
-    """torchvision wants the four idx files decompressed in <root>/FashionMNIST/raw."""
-    raw = root / "FashionMNIST" / "raw"
-    for gz in sorted(system_dir.glob("*-ubyte.gz")):
-        target = raw / gz.name.removesuffix(".gz")
-        if not target.exists():
-            raw.mkdir(parents=True, exist_ok=True)
-            with gzip.open(gz) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-
-
-def load_fashion_mnist(
-    root: str = "data", download: bool = True, system_dir: str | None = None
-) -> tuple[ImageSet, ImageSet]:
-    """Fashion-MNIST through torchvision, from Debian's package files when they are there."""
-    from torchvision.datasets import FashionMNIST
-
-    if system_dir and Path(system_dir).is_dir():
-        _copy_system_fashion_mnist(Path(system_dir), Path(root))
-    try:
-        train, test = (FashionMNIST(root, train=t, download=download) for t in (True, False))
-    except (RuntimeError, OSError) as err:
-        fix = "run `apt-get install dataset-fashion-mnist`, set data.root, or use data=digits"
-        raise _missing("Fashion-MNIST", root, err, fix) from None
-    return _from_torchvision(train), _from_torchvision(test)
+from vitsweep.datasets import ImageSet
+from vitsweep.errors import require, require_each
 
 
 class DeviceLoader:
     """Batches of a uint8 ``ImageSet`` kept whole on the training device.
 
-    Shuffling is a device-side permutation; augmentation (random crop with zero padding and
-    horizontal flip, each drawn per image) and normalisation run on whole batches, so there
-    are no worker processes and no per-image Python. Seeded: the same seed gives the same
-    batches, epoch after epoch.
+    Shuffling is a device-side permutation; augmentation of training batches (a random crop
+    of the image zero-padded by ``crop_padding``, and a horizontal ``flip``, each drawn per
+    image) and normalisation run on whole batches, so there are no worker processes and no
+    per-image Python. Seeded: the same seed gives the same batches, epoch after epoch.
     """
 
     def __init__(
@@ -134,16 +36,16 @@ class DeviceLoader:
         std: list[float],
         device: torch.device,
         train: bool = False,
-        augment: bool = False,
+        crop_padding: int = 0,
+        flip: bool = False,
         seed: int = 0,
-        pad: int = 4,
     ) -> None:
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.train = train
-        self.augment = augment and train
-        self.pad = pad
+        self.crop_padding = crop_padding if train else 0
+        self.flip = flip and train
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -170,8 +72,10 @@ class DeviceLoader:
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             images = self.images[idx]
-            if self.augment:
-                images = random_flip(random_crop(images, self.pad, self.generator), self.generator)
+            if self.crop_padding:
+                images = random_crop(images, self.crop_padding, self.generator)
+            if self.flip:
+                images = random_flip(images, self.generator)
             yield (images.float() - self.mean) / self.std, self.labels[idx]
 
 
@@ -217,61 +121,92 @@ def torchvision_loader(
     mean: list[float],
     std: list[float],
     train: bool = False,
-    augment: bool = False,
+    crop_padding: int = 0,
+    flip: bool = False,
     workers: int = 0,
-    pad: int = 4,
 ) -> torch.utils.data.DataLoader:
     """torchvision transforms per PIL image in a DataLoader: crop, flip, to tensor, normalise."""
     from torchvision import transforms
 
     size = data.images.shape[-1]
-    steps = [transforms.RandomCrop(size, padding=pad), transforms.RandomHorizontalFlip()]
-    transform = transforms.Compose(
-        [
-            *(steps if augment and train else []),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
+    steps = []
+    if train and crop_padding:
+        steps.append(transforms.RandomCrop(size, padding=crop_padding))
+    if train and flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
     return torch.utils.data.DataLoader(
-        PILImageSet(data, transform),
-        batch_size=batch_size,
-        shuffle=train,
-        drop_last=train,
+        PILImageSet(data, transform), batch_size=batch_size, shuffle=train, drop_last=train,
         num_workers=workers,
-    )
+    )  # fmt: skip
 
 
 @dataclass
 class DataSettings:
-    """The ``data:`` block (conf/data/*.yaml); each range is checked when it is built."""
+    """The ``data:`` block (conf/data/*.yaml); each range is checked when it is built.
+    ``channels``, ``num_classes``, ``mean`` and ``std`` may be null: read from the training
+    split (``completed``), as ``data=folder`` does."""
 
     source: dict[str, Any]  # what loads the set: a _target_ and its arguments
     name: str
     image_size: int
-    channels: int
-    num_classes: int
-    mean: list[float]
-    std: list[float]
+    channels: int | None = None
+    num_classes: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
     root: str = "data"
     subset: int | None = None  # keep the first N images of each split
-    augment: bool = True
+    crop_padding: int = 4  # random crop of the image zero-padded by this; 0: no crop
+    flip: bool = True  # random horizontal flip (off for digits: a mirrored 2 is no 2)
     loader: str = "device"
     workers: int = 0
 
     def __post_init__(self) -> None:
-        d, per_channel = self, f"one number per channel ({self.channels})"
+        d, positive = self, "a positive integer"
+        per_channel = f"one number per channel ({self.channels})"
         require_each("data", [
-            ("image_size", d.image_size, d.image_size >= 1, "a positive integer"),
-            ("channels", d.channels, d.channels >= 1, "a positive integer"),
-            ("num_classes", d.num_classes, d.num_classes >= 1, "a positive integer"),
-            ("mean", d.mean, len(d.mean) == d.channels, per_channel),
-            ("std", d.std, len(d.std) == d.channels, per_channel),
-            ("std", d.std, all(s > 0 for s in d.std), "positive numbers"),
+            ("image_size", d.image_size, d.image_size >= 1, positive),
+            ("channels", d.channels, d.channels is None or d.channels >= 1, positive),
+            ("num_classes", d.num_classes, d.num_classes is None or d.num_classes >= 2,
+             "an integer >= 2"),
+            ("mean", d.mean, d.mean is None or d.channels is None or len(d.mean) == d.channels,
+             per_channel),
+            ("std", d.std, d.std is None or d.channels is None or len(d.std) == d.channels,
+             per_channel),
+            ("std", d.std, d.std is None or all(s > 0 for s in d.std), "positive numbers"),
             ("subset", d.subset, d.subset is None or d.subset >= 1, "a positive integer or null"),
+            ("crop_padding", d.crop_padding, d.crop_padding >= 0, "an integer >= 0 (0: no crop)"),
             ("loader", d.loader, d.loader in ("device", "torchvision"), "device or torchvision"),
             ("workers", d.workers, d.workers >= 0, "an integer >= 0"),
         ])  # fmt: skip
+
+    @property
+    def sized_by_data(self) -> bool:
+        """Whether some of the sizes come from the data itself (it must be read first)."""
+        return None in (self.channels, self.num_classes, self.mean, self.std)
+
+    def load(self) -> tuple[ImageSet, ImageSet]:
+        """The train and test splits (the first ``subset`` images of each)."""
+        train, test = (s.head(self.subset) for s in instantiate(self.source))
+        return train, test
+
+    def completed(self, train: ImageSet) -> "DataSettings":
+        """These settings with what was left null read from the training split: its
+        channels, its number of classes, and its per-channel mean and std."""
+        pixels = train.images.float().div(255).transpose(0, 1).flatten(1)  # (C, N*H*W)
+        found = {
+            "channels": train.images.shape[1],
+            "num_classes": len(train.classes) if train.classes else int(train.labels.max()) + 1,
+            "mean": [round(v, 4) for v in pixels.mean(1).tolist()],
+            "std": [round(max(v, 1e-3), 4) for v in pixels.std(1).tolist()],
+        }
+        given = {k: v for k, v in found.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **given)
+
+    def model_sizes(self) -> dict[str, int]:
+        """What the model is sized by: the image's side, its channels, the classes."""
+        return {"image_size": self.image_size, "in_channels": self.channels,
+                "num_classes": self.num_classes}  # fmt: skip
 
 
 def check_matches_config(images: ImageSet, data: DataSettings) -> None:
@@ -292,23 +227,23 @@ def build_loaders(
     eval_batch_size: int,
     device: torch.device,
     seed: int,
+    sets: tuple[ImageSet, ImageSet] | None = None,
 ) -> tuple[DeviceLoader | torch.utils.data.DataLoader, ...]:
     """Train and test loaders as the data config asks: ``loader: device`` (the default; the
-    whole set on the device, batched augmentation) or ``loader: torchvision`` (per image)."""
-    train, test = (s.head(data.subset) for s in instantiate(data.source))
-    check_matches_config(train, data)
-    check_matches_config(test, data)
+    whole set on the device, batched augmentation) or ``loader: torchvision`` (per image).
+    ``sets``: the data set, if it was read already."""
+    train, test = sets or data.load()
+    for split in (train, test):
+        check_matches_config(split, data)
     stats = {"mean": list(data.mean), "std": list(data.std)}
+    augment = {"crop_padding": data.crop_padding, "flip": data.flip}
     if data.loader == "torchvision":
         return (
-            torchvision_loader(
-                train, batch_size, **stats, train=True, augment=data.augment, workers=data.workers
-            ),
+            torchvision_loader(train, batch_size, **stats, train=True, **augment,
+                               workers=data.workers),
             torchvision_loader(test, eval_batch_size, **stats, workers=data.workers),
-        )
+        )  # fmt: skip
     return (
-        DeviceLoader(
-            train, batch_size, **stats, device=device, train=True, augment=data.augment, seed=seed
-        ),
+        DeviceLoader(train, batch_size, **stats, device=device, train=True, **augment, seed=seed),
         DeviceLoader(test, eval_batch_size, **stats, device=device),
     )

@@ -108,6 +108,9 @@ def check_fields(
     for key, value in values.items():
         if key.startswith("_"):
             continue
+        if key in supplied:
+            raise ConfigError(f"{prefix}{key} is not set in the config: the code that builds "
+                              "this part passes it")  # fmt: skip
         if key not in settable:
             known = ", ".join(settable) or "none"
             raise ConfigError(f"{prefix}{key} is not a setting of {name} (its settings: {known})")

@@ -12,6 +12,7 @@ runs the loop. This is what ``src/run.py`` does for each run and each job of a m
 
 import contextlib
 import logging
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vitsweep.data import DataSettings, build_loaders
+from vitsweep.datasets import ImageSet
 from vitsweep.device import device_label, resolve_device
 from vitsweep.errors import ConfigError, Diverged, raise_interrupt, require
 from vitsweep.fields import check_fields
@@ -47,6 +49,7 @@ class JobInfo:
     overrides: list[str] = field(default_factory=list)  # the command line's, for this job
     name: str = ""  # the W&B run's name: the job's overrides
     sweep_name: str | None = None  # a multirun's name: its W&B group and results folder
+    num: int | None = None  # the job's number in its multirun (which GPU it takes)
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Parts:
     device: torch.device
     tracker: Any
     seed: int
+    sets: tuple[ImageSet, ImageSet] | None = None  # the data, where building had to read it
 
 
 def checked(path: str, node: Any, supplied: tuple[str, ...] = ()) -> Any:
@@ -94,35 +98,42 @@ def checked(path: str, node: Any, supplied: tuple[str, ...] = ()) -> Any:
     return target
 
 
-def build(config: dict[str, Any]) -> Parts:
-    """Everything a bad config can break, before any data loads or W&B starts."""
+def build(config: dict[str, Any], job_num: int | None = None) -> Parts:
+    """Everything a bad config can break, before any data loads or W&B starts. ``job_num``:
+    the job's number in a multirun, which spreads ``device=cuda`` jobs over the GPUs."""
     config = {k: v for k, v in config.items() if k not in RECORDED}
     check_fields("", RunConfig, config)
     run = RunConfig(**config)
     check_fields("trainer", TrainerSettings, run.trainer)
     check_fields("data", DataSettings, run.data)
-    check_fields("device", resolve_device, run.device)
+    check_fields("device", resolve_device, run.device, supplied=("job_num",))
     check_fields("report", ReportSettings, run.report or {})
     ReportSettings(**(run.report or {}))
     settings, data = TrainerSettings(**run.trainer), DataSettings(**run.data)
     checked("data.source", data.source)
-    device = resolve_device(**run.device)
+    device = resolve_device(**run.device, job_num=job_num)
     checked("logger", run.logger)
     tracker = instantiate(run.logger)
     checked("model.embedding", run.model.get("embedding"), supplied=EMBEDDING_ARGS)
     checked("model.attention", run.model.get("attention"), supplied=ATTENTION_ARGS)
-    checked("model", run.model)
+    checked("model", run.model, supplied=tuple(data.model_sizes()))
     checked("optim", run.optim, supplied=("params",))
+    sets = None
+    if data.sized_by_data:  # the model's sizes come from the data: read it now
+        sets = data.load()
+        data = data.completed(sets[0])
     torch.manual_seed(run.seed)
-    model = instantiate(run.model).to(device)
+    model = instantiate(run.model, **data.model_sizes()).to(device)
     optimizer = build_optimizer(instantiate(run.optim), model, device)
-    return Parts(model, optimizer, settings, data, device, tracker, run.seed)
+    return Parts(model, optimizer, settings, data, device, tracker, run.seed, sets)
 
 
 def train(parts: Parts, record: RunRecord, job: JobInfo) -> None:
     """Size the model, then (unless ``trainer.epochs=0``) load the data, start the tracker
     and train, recording every epoch."""
     p = parts
+    if p.sets is not None:  # what was read from the data, kept with the run's config
+        record.note_from_data(p.data, p.sets[0].classes)
     image_shape = (p.data.channels, p.data.image_size, p.data.image_size)
     versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
     record.update(device=device_label(p.device), **versions, **describe_model(p.model, image_shape))
@@ -149,7 +160,7 @@ def train(parts: Parts, record: RunRecord, job: JobInfo) -> None:
         p.tracker.finish(exit_code)
 
 
-RECORDED = ("choices", "overrides")  # what the record adds to the config: no settings
+RECORDED = ("choices", "overrides", "from_data")  # what the record adds: no settings
 
 
 def recorded_config(cfg: DictConfig, job: JobInfo) -> dict[str, Any]:
@@ -157,6 +168,11 @@ def recorded_config(cfg: DictConfig, job: JobInfo) -> dict[str, Any]:
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
+        if missing := re.search(r"Missing mandatory value: ([\w.]+)", str(err)):
+            key = missing.group(1)
+            raise ConfigError(
+                f"{key} is required: set it on the command line ({key}=...)"
+            ) from None
         raise ConfigError(f"the config cannot be resolved: {str(err).splitlines()[0]}") from None
     kept = without_resume(job.overrides)
     return config | {"choices": job.choices, "sweep_name": job.sweep_name, "overrides": kept}

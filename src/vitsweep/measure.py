@@ -1,9 +1,12 @@
-"""Model size and cost: parameters, FLOPs per image, peak memory."""
+"""Model size and cost: parameters, FLOPs per image, tensor memory."""
 
 import contextlib
-import resource
-import sys
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -15,6 +18,9 @@ _CPU_SDPA = {
         lambda q, k, v, *args, **kwargs: sdpa_flop_count(q, k, v)
     )
 }
+
+
+T = TypeVar("T")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -34,42 +40,110 @@ def flops_per_image(model: nn.Module, image_shape: tuple[int, int, int]) -> int:
     return counter.get_total_flops()
 
 
-def _proc_status_mb(field: str) -> float | None:
-    """A memory field of /proc/self/status (Linux) in MB, or None elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak: CUDA's allocator statistics, or on Linux the process's peak resident
-    set (writing 5 to /proc/self/clear_refs sets VmHWM back to the current VmRSS)."""
+def peak_rise_mb(device: torch.device, run: Callable[[], object]) -> float:
+    """The most tensor memory allocated while ``run()`` runs, above what was allocated before
+    it, in MB: CUDA's allocator statistics, or on the CPU the profiler's allocation events
+    (their running total). The same measure on every device; memory the allocator merely keeps
+    cached does not count."""
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
+        before = torch.cuda.memory_allocated(device)
+        run()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _native_stderr_silenced():
+        prof.start()
+    try:
+        run()
+    finally:
+        with _native_stderr_silenced():
+            prof.stop()
+    with tempfile.TemporaryDirectory() as tmp, _native_stderr_silenced():
+        trace = Path(tmp) / "trace.json"  # the running total is in the exported trace
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    cpu = [e["args"] for e in events
+           if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]  # fmt: skip
+    if not cpu:
+        return 0.0
+    # "Total Allocated" counts what was allocated before too: the first event tells how much.
+    before = cpu[0]["Total Allocated"] - cpu[0]["Bytes"]
+    return max(0, max(e["Total Allocated"] for e in cpu) - before) / 2**20
 
 
-def memory_in_use_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device) / 2**20
-    return _proc_status_mb("VmRSS") or 0.0
+def held_tensor_mb(*holders: object) -> float:
+    """Tensor memory held by modules (parameters, gradients, buffers), optimizers (their
+    state), loaders (their images and labels) and plain tensors, each counted once."""
+    tensors: dict[int, int] = {}
+
+    def add(t: object) -> None:
+        if isinstance(t, torch.Tensor) and t.numel():
+            tensors[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+
+    for holder in holders:
+        if isinstance(holder, torch.Tensor):
+            add(holder)
+        elif isinstance(holder, nn.Module):
+            for p in holder.parameters():
+                add(p)
+                add(p.grad)
+            for b in holder.buffers():
+                add(b)
+        elif isinstance(holder, torch.optim.Optimizer):
+            for state in holder.state.values():
+                for value in state.values():
+                    add(value)
+        else:
+            for name in ("images", "labels"):
+                add(getattr(holder, name, None))
+    return sum(tensors.values()) / 2**20
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak since the last reset: CUDA's allocator, else the process's peak resident set."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    peak = _proc_status_mb("VmHWM")
-    if peak is not None:
-        return peak
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes vs KiB
+class PeakMemory:
+    """Peak tensor memory of a training epoch, in MB. On CUDA, the allocator's peak since
+    ``start_epoch``; on the CPU, the tensors the run holds (model, gradients, optimizer state,
+    data) plus the most one step allocated on top of them, watched through the profiler once
+    (the first step ``watch`` sees) and the same for every epoch after it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.step_rise: float | None = None
+
+    def start_epoch(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def watch(self, step: Callable[[], T]) -> T:
+        """Run a training step (returning what it returns); on the CPU, the first one is
+        profiled for what it allocated at its peak."""
+        if self.device.type == "cuda" or self.step_rise is not None:
+            return step()
+        result = []
+        self.step_rise = peak_rise_mb(self.device, lambda: result.append(step()))
+        return result[0]
+
+    def read(self, *holders: object) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return held_tensor_mb(*holders) + (self.step_rise or 0.0)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """The profiler's C++ side logs its start and stop straight to file descriptor 2 (a line
+    each, every epoch); it is sent to /dev/null while the profiler starts, stops and exports."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def describe_model(model: nn.Module, image_shape: tuple[int, int, int]) -> dict[str, int]:

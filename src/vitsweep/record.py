@@ -39,7 +39,7 @@ DONE = ("completed", "sized")  # a resumed run in one of these states has nothin
 NOT_COMPARED = {
     "trainer": {"resume", "progress", "log_every"},
     "data": {"root", "workers"},
-    "": {"overrides", "logger", "sweep_name", "report", "dry_run"},
+    "": {"overrides", "logger", "sweep_name", "report", "dry_run", "from_data"},
 }
 
 
@@ -232,6 +232,13 @@ class RunRecord:
         format_ = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
         self.log_handler.setFormatter(logging.Formatter(format_))
         logging.getLogger().addHandler(self.log_handler)
+
+    def note_from_data(self, data: Any, classes: list[str] | None) -> None:
+        """Keep what was read from the data itself (channels, classes, normalisation) with
+        the config, as ``from_data``."""
+        found = {k: getattr(data, k) for k in ("channels", "num_classes", "mean", "std")}
+        self.config["from_data"] = found | ({"classes": list(classes)} if classes else {})
+        write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
 
     @property
     def done(self) -> bool:

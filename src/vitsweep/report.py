@@ -47,6 +47,7 @@ METRICS = [
     ("train_img_per_s", "train img/s"),
     ("peak_mem_mb", "peak MB"),
     ("epochs_done", "epochs"),
+    ("device", "device"),
 ]
 AGGREGATED = [
     "best_top1",
@@ -115,7 +116,7 @@ def row_from_run(
         "device": summary.get("device"),
         "torch": summary.get("torch"),
         "cuda": summary.get("cuda"),
-        "image_size": model.get("image_size"),
+        "image_size": config.get("data", {}).get("image_size", model.get("image_size")),
         "dim": model.get("dim"),
         "patch_size": model.get("embedding", {}).get("patch_size"),
         "tokens": summary.get("tokens"),
@@ -246,6 +247,7 @@ def aggregate(runs: pd.DataFrame, keys: list[str], confidence: float) -> pd.Data
     for label, group in labelled.groupby("label", sort=False):
         done = group[group["status"].isin(DONE)]
         row = group.iloc[0].to_dict() | {"label": label, "status": _status(group["status"])}
+        row["device"] = "; ".join(sorted({str(d) for d in group["device"].dropna()})) or None
         for column in AGGREGATED:
             values = pd.to_numeric(done[column], errors="coerce").dropna()
             row[column] = values.mean() if len(values) else math.nan
@@ -347,8 +349,13 @@ def _difference(row: pd.Series) -> tuple[str, str]:
     star = " *" if row["significant"] else ""
     return (
         f"{diff} [{row['diff_low']:+.2f}, {row['diff_high']:+.2f}]",
-        f"{row['p_value']:.3f} ({row['test']}){star}",
+        f"{_p_value(row['p_value'])} ({row['test']}){star}",
     )
+
+
+def _p_value(p: float) -> str:
+    """Three decimals, and never a p of 0: below 0.001 it is written as such."""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def to_markdown(table: pd.DataFrame, keys: list[str], headline: bool = False) -> str:

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vitsweep.errors import ConfigError, Diverged, require, require_each
-from vitsweep.measure import peak_memory_mb, reset_peak_memory
+from vitsweep.measure import PeakMemory
 
 log = logging.getLogger(__name__)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # a DeviceLoader or a DataLoader
@@ -145,6 +146,35 @@ class PassMeter:
         }
 
 
+def training_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    settings: TrainerSettings,
+    meter: PassMeter,
+) -> torch.Tensor:
+    """One optimizer step on one batch; returns the batch's loss (on the device)."""
+    criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    batch_loss = torch.zeros((), device=labels.device)
+    # Micro-batches add up to the batch's gradient; on CPU, smaller chunks stay in cache.
+    chunk = settings.micro_batch_size or len(labels)
+    for x, y in zip(images.split(chunk), labels.split(chunk)):
+        with autocast(x.device, settings.precision):
+            logits = model(x)
+            loss = criterion(logits, y)
+        (loss * len(y) / len(labels)).backward()
+        batch_loss += loss.detach() * len(y) / len(labels)
+        meter.add(loss, logits, y)
+    if settings.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return batch_loss
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Batches,
@@ -154,33 +184,23 @@ def train_one_epoch(
     tracker: Any,
     step: int,
     desc: str = "train",
+    memory: PeakMemory | None = None,
 ) -> tuple[dict[str, float], int]:
-    """One pass over the training set. Returns its loss, accuracy, seconds and images/s, and
-    the global step it ended on. Raises ``Diverged`` at the first non-finite loss."""
+    """One pass over the training set. Returns its loss, accuracy, seconds, images/s and peak
+    tensor memory (``memory`` carries what it measured from epoch to epoch), and the global
+    step it ended on. Raises ``Diverged`` at the first non-finite loss."""
     device = next(model.parameters()).device
-    criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     model.train()
-    meter = PassMeter("train", device)
+    meter, memory = PassMeter("train", device), memory or PeakMemory(device)
+    memory.start_epoch()
     # The first non-finite step is noted on the device and read only where we sync anyway.
     first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
     bar = tqdm(loader, desc=desc, leave=False, disable=None if settings.progress else True)
-    for images, labels in bar:  # disable=None above: bars only on a terminal
+    for i, (images, labels) in enumerate(bar):  # disable=None above: bars only on a terminal
         images, labels = to_device(images, labels, device)
-        optimizer.zero_grad(set_to_none=True)
-        batch_loss = torch.zeros((), device=device)
-        # Micro-batches add up to the batch's gradient; on CPU, smaller chunks stay in cache.
-        chunk = settings.micro_batch_size or len(labels)
-        for x, y in zip(images.split(chunk), labels.split(chunk)):
-            with autocast(device, settings.precision):
-                logits = model(x)
-                loss = criterion(logits, y)
-            (loss * len(y) / len(labels)).backward()
-            batch_loss += loss.detach() * len(y) / len(labels)
-            meter.add(loss, logits, y)
-        if settings.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        step_once = partial(training_step, model, images, labels, optimizer, scheduler, settings,
+                            meter)  # fmt: skip
+        batch_loss = memory.watch(step_once) if i == 0 else step_once()
         step += 1
         bad = ~torch.isfinite(batch_loss) & (first_bad_step < 0)
         first_bad_step = torch.where(bad, step, first_bad_step)
@@ -189,7 +209,7 @@ def train_one_epoch(
             lr = scheduler.get_last_lr()[0]
             tracker.log({"step/train_loss": batch_loss.item(), "step/lr": lr}, step=step)
     raise_if_diverged(first_bad_step)
-    return meter.read(), step
+    return meter.read() | {"peak_mem_mb": memory.read(model, optimizer, loader)}, step
 
 
 def raise_if_diverged(first_bad_step: torch.Tensor) -> None:
@@ -200,16 +220,19 @@ def raise_if_diverged(first_bad_step: torch.Tensor) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Batches, settings: TrainerSettings) -> dict[str, float]:
     """Loss (with the training's label smoothing) and top-1 accuracy on the test set, with
-    its wall time."""
+    its wall time. Batches are cut into ``micro_batch_size`` chunks too (on a CPU, small
+    chunks stay in cache)."""
     device = next(model.parameters()).device
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     model.eval()
     meter = PassMeter("test", device)
     for images, labels in loader:
         images, labels = to_device(images, labels, device)
-        with autocast(device, settings.precision):
-            logits = model(images)
-        meter.add(criterion(logits.float(), labels), logits, labels)
+        chunk = settings.micro_batch_size or len(labels)
+        for x, y in zip(images.split(chunk), labels.split(chunk)):
+            with autocast(device, settings.precision):
+                logits = model(x)
+            meter.add(criterion(logits.float(), y), logits, y)
     return meter.read()
 
 
@@ -228,7 +251,6 @@ def fit(
     ``resume_from`` (a checkpoint's state) carries on after its epoch with every state (model,
     optimizer, schedule, RNGs, history) as it was then."""
     s = settings
-    device = next(model.parameters()).device
     steps_per_epoch = len(train_loader)
     warmup_steps = round(s.warmup_epochs * steps_per_epoch)
     scheduler = cosine_schedule(optimizer, s.epochs * steps_per_epoch, warmup_steps, s.min_lr_ratio)
@@ -238,17 +260,17 @@ def fit(
         log.info("resumed after epoch %d", start_epoch - 1)
     trained = torch.compile(model) if s.compile else model
     step = (start_epoch - 1) * steps_per_epoch
+    memory = PeakMemory(next(model.parameters()).device)
 
     for epoch in range(start_epoch, s.epochs + 1):
-        reset_peak_memory(device)
         desc = f"epoch {epoch}/{s.epochs}"
         stats, step = train_one_epoch(
-            trained, train_loader, optimizer, scheduler, s, tracker, step, desc
+            trained, train_loader, optimizer, scheduler, s, tracker, step, desc, memory
         )
         row = {"epoch": epoch, **stats}
         if epoch % s.eval_interval == 0 or epoch == s.epochs:
             row |= evaluate(trained, test_loader, s)
-        row |= {"lr": scheduler.get_last_lr()[0], "peak_mem_mb": peak_memory_mb(device)}
+        row["lr"] = scheduler.get_last_lr()[0]
         record.end_epoch(row, model, optimizer, scheduler, train_loader)
         tracker.log(row, step=step)
         log.info(epoch_line(row, s.epochs))
