@@ -5,11 +5,13 @@
 
 For each preset it times the harness's own path (device-resident data with batched
 augmentation, SDPA, bf16 autocast and a fused optimizer on CUDA, micro-batches on CPU)
-against a seed-style reference (the attention matrix written out, per-image PIL torchvision
-transforms through a DataLoader, fp32, eager), both through the same train_one_epoch() and
-evaluate() that training uses, in the same process and alternating round by round, so that
-the ratio holds on a noisy machine. Where timm is installed, its VisionTransformer in vit's
-shape, fed by our data path, is a second reference. Writes results/bench/<device>.md, .csv.
+against a seed-style reference (the attention matrix written out, torch's own dropout,
+per-image PIL torchvision transforms through a DataLoader, fp32, eager), both through the
+same train_one_epoch() and evaluate() that training uses, in the same process and alternating
+round by round, so that the ratio holds on a noisy machine. Where timm is installed, its
+VisionTransformer in vit's shape, fed by our data path, is a second reference. It measures the
+device's own matrix-multiply peak first and reports each path's fraction of it. Writes
+results/bench/<device>.md and .csv.
 """
 
 import argparse
@@ -73,12 +75,19 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def build_preset(preset: str, explicit: bool) -> nn.Module:
+def build_preset(preset: str, seed_style: bool) -> nn.Module:
+    """The preset as vitsweep builds it, or as the seed did: the attention matrix written
+    out, and torch's own dropout (one random draw per element on the CPU)."""
     cfg = compose_config([f"model={preset}", "data=cifar10"])
-    if explicit and cfg.model.attention._target_.endswith("SoftmaxAttention"):
+    if seed_style and cfg.model.attention._target_.endswith("SoftmaxAttention"):
         cfg.model.attention.impl = "explicit"
     torch.manual_seed(0)
-    return instantiate(cfg.model, image_size=32, in_channels=3, num_classes=10)
+    model = instantiate(cfg.model, image_size=32, in_channels=3, num_classes=10)
+    if seed_style:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.__class__ = nn.Dropout
+    return model
 
 
 def timm_reference(preset: str) -> nn.Module | None:
@@ -123,7 +132,7 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
         micro_batch_size=None if on_cuda else args.cpu_micro_batch,
     )  # fmt: skip
     reference = TrainerSettings(batch_size=args.batch, precision="fp32", progress=False)
-    fast_model = build_preset(preset, explicit=False)
+    fast_model = build_preset(preset, seed_style=False)
     if on_cuda:
         fast_model = fast_model.to(memory_format=torch.channels_last)
     augment = {"train": True, "crop_padding": 4, "flip": True}
@@ -134,7 +143,7 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
             DeviceLoader(eval_images, 512, mean, std, device), fast, device,
         ),
         Contender(
-            "seed-style reference", build_preset(preset, explicit=True),
+            "seed-style reference", build_preset(preset, seed_style=True),
             torchvision_loader(steps_images, args.batch, mean, std, **augment),
             torchvision_loader(eval_images, 512, mean, std), reference, device,
         ),

@@ -227,3 +227,23 @@ def test_writing_the_attention_matrix_out_costs_quadratic_memory():
     matrix_mb = 4 * 1024 * 1024 * 4 / 2**20  # heads x N x N fp32 = 16 MB
     with torch.no_grad():
         assert peak_rise_mb(cpu, lambda: explicit(x)) >= matrix_mb
+
+
+def test_cpu_dropout_keeps_each_element_with_probability_1_minus_p_and_rescales():
+    from vitsweep.models.dropout import Dropout
+
+    torch.manual_seed(0)
+    drop, x = Dropout(0.1), torch.ones(1000, 1001)  # an odd count: the last 64-bit draw is cut
+    out = drop(x)
+    kept = out != 0
+    assert torch.allclose(out[kept], torch.tensor(1 / 0.9))
+    # Every one of the four 16-bit lanes cut from a draw is unbiased (a sign bit stuck at 0
+    # in any lane would keep that lane's elements 100% or 80% of the time).
+    for lane in range(4):
+        assert kept.flatten()[lane::4].float().mean().item() == pytest.approx(0.9, abs=0.003)
+    x.requires_grad_(True)
+    torch.manual_seed(1)
+    drop(x).sum().backward()
+    torch.manual_seed(1)
+    assert torch.equal(x.grad, drop(x.detach()))  # the gradient is the scaled mask
+    assert torch.equal(drop.eval()(x), x)  # evaluation: the identity

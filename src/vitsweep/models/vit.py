@@ -14,6 +14,7 @@ from torch import nn
 
 from vitsweep.errors import ConfigError, require_each
 from vitsweep.models.attention import check_heads
+from vitsweep.models.dropout import Dropout
 
 # The contract: what every embedding and every attention is built with (their first arguments).
 EMBEDDING_ARGS = ("in_channels", "dim", "image_size")
@@ -25,9 +26,9 @@ class FeedForward(nn.Sequential):
         super().__init__(
             nn.Linear(dim, hidden),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(hidden, dim),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
 
 
