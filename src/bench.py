@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vitsweep.config import compose_config
 from vitsweep.data import DeviceLoader, torchvision_loader
 from vitsweep.datasets import ImageSet
-from vitsweep.device import device_label, resolve_device
+from vitsweep.device import device_label, resolve_device, resolve_precision
 from vitsweep.files import slug
 from vitsweep.measure import PeakMemory, describe_model
 from vitsweep.tracking import NullTracker
@@ -53,25 +53,33 @@ def load_images(name: str, count: int) -> tuple[ImageSet, list[float], list[floa
         return ImageSet(images, torch.randint(0, 10, (count,), generator=g)), [0.5] * 3, [0.25] * 3
     data = compose_config([f"data={name}"]).data
     train, _ = instantiate(data.source)
-    repeats = -(-count // len(train))  # digits has 1,437 images: cycle them if asked for more
+    repeats = -(-count // len(train))  # digits: 1,438 training images, cycled if asked for more
     images, labels = train.images.repeat(repeats, 1, 1, 1), train.labels.repeat(repeats)
     return ImageSet(images[:count], labels[:count]), list(data.mean), list(data.std)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 7, budget_s: float = 20
+) -> float:
     """The device's own matrix-multiply rate in GFLOP/s: the median of ``repeats`` n x n x n
-    products after a warm-up, the ceiling a training step's GEMMs can approach."""
+    products after a warm-up, the ceiling a training step's GEMMs can approach. A device
+    without fast units for ``dtype`` (bf16 on a CPU without AVX-512-BF16 or AMX runs at well
+    under 1 GFLOP/s) is probed at the largest n whose products fit in ``budget_s``."""
     import time
 
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    times = []
-    for i in range(repeats + 2):
+    def product_seconds(size: int) -> float:
+        a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
         synchronize(device)
         start = time.perf_counter()
         a @ b
         synchronize(device)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    product_seconds(256)  # first call: kernel selection, thread pool start
+    small = product_seconds(256)
+    affordable = 256 * (budget_s / (repeats + 2) / max(small, 1e-9)) ** (1 / 3)
+    n = min(n, max(256, int(affordable) // 256 * 256))
+    times = [product_seconds(n) for _ in range(repeats + 2)][2:]
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
@@ -128,7 +136,7 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
     eval_images = ImageSet(images.images[: args.eval_images], images.labels[: args.eval_images])
     on_cuda = device.type == "cuda"
     fast = TrainerSettings(
-        batch_size=args.batch, precision=args.precision, progress=False,
+        batch_size=args.batch, precision=resolve_precision(args.precision, device), progress=False,
         micro_batch_size=None if on_cuda else args.cpu_micro_batch,
     )  # fmt: skip
     reference = TrainerSettings(batch_size=args.batch, precision="fp32", progress=False)
@@ -174,8 +182,7 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
             "path": contender.name,
             "batch": args.batch,
             "micro_batch": contender.settings.micro_batch_size or args.batch,
-            "precision": "bf16" if contender.settings.precision == "bf16"
-            or (on_cuda and contender.settings.precision == "auto") else "fp32",
+            "precision": contender.settings.precision,
             "train_img_per_s": train_rate,
             "eval_img_per_s": statistics.median(contender.eval_rates),
             "vs_reference": train_rate / reference_rate,
@@ -219,10 +226,11 @@ def write_results(
     lines = [
         f"# Training throughput — {label}",
         "",
-        f"Data: {args.data}; batch {args.batch}; {args.steps} steps per round, median of "
+        f"Data: {args.data}; batch {args.batch}; {args.steps} step(s) per round, median of "
         f"{args.rounds} alternating rounds after one warm-up round. Eval on {args.eval_images} "
         "images. GFLOPs are forward per image; achieved GFLOP/s counts a step as 3 forwards. "
-        f"The device's own {args.peak_n}³ matrix-multiply peak, measured at the start: "
+        f"The device's own matrix-multiply peak (n×n×n products, n up to {args.peak_n}; smaller "
+        "where the device is too slow in a precision to afford it), measured at the start: "
         f'{measured}; "of peak" is achieved over the peak of the path\'s precision. Peak MB is '
         "the tensor memory of a training step (model, gradients, optimizer state, data, and what "
         "the step allocates at its peak).",
@@ -253,7 +261,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--eval-images", type=int, default=512)
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
-    parser.add_argument("--precision", default="auto", help="the fast path's: auto | fp32 | bf16")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="the fast path's (auto: as a run would choose on this device)",
+    )
     parser.add_argument("--profile", action="store_true", help="write each preset's op profile")
     parser.add_argument("--peak-n", type=int, default=2048, help="side of the peak probe's GEMM")
     parser.add_argument("--device", default="auto")

@@ -72,6 +72,38 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path, caplog):
     assert "2 unreadable file(s) skipped" in caplog.text and "garbage.png" in caplog.text
 
 
+def test_both_splits_are_shuffled_so_a_subset_holds_every_class(tmp_path):
+    root = make_folder(tmp_path / "pics", COLOURS, per_class=10)
+    train, test = load_image_folder(str(root), image_size=8)
+    assert set(train.labels[:9].tolist()) == {0, 1, 2}  # not the first class's images only
+    assert len(set(test.labels[:4].tolist())) >= 2
+
+
+def test_a_val_folder_is_the_test_split_and_a_lone_train_folder_is_refused(tmp_path):
+    make_folder(tmp_path / "pics" / "train", COLOURS, per_class=3)
+    with pytest.raises(ConfigError, match=r"train/ and test/ \(or val/\)"):
+        load_image_folder(str(tmp_path / "pics"), image_size=8)  # never classes 'train'
+    make_folder(tmp_path / "pics" / "val", COLOURS, per_class=2)
+    train, test = load_image_folder(str(tmp_path / "pics"), image_size=8)
+    assert (len(train), len(test)) == (9, 6) and train.classes == ["blue", "green", "red"]
+
+
+def test_sixteen_bit_gray_images_are_scaled_not_clipped(tmp_path):
+    import numpy as np
+
+    for name, level in (("dark", 16384), ("light", 49152)):  # a quarter, three quarters
+        for i in range(3):
+            path = tmp_path / "pics" / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8), level, dtype=np.uint16)).save(path)
+    train, test = load_image_folder(str(tmp_path / "pics"), image_size=8, test_fraction=0.3)
+    every = torch.cat([train.images, test.images]).float()
+    labels = torch.cat([train.labels, test.labels])
+    assert every.shape[1] == 1
+    assert every[labels == 0].mean().item() == pytest.approx(64, abs=1)  # "dark"
+    assert every[labels == 1].mean().item() == pytest.approx(191, abs=1)
+
+
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
@@ -96,7 +128,8 @@ def test_your_own_images_train_through_the_cli_and_are_recorded(cli, tmp_path):
     result = cli(*RUN, "data=folder", f"data.root={root}", "data.image_size=16",
                  "model.embedding.patch_size=4", "hydra.run.dir=run")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "1 unreadable file(s) skipped" in (tmp_path / "run" / "run.log").read_text()
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert log.count("1 unreadable file(s) skipped") == 1  # read once: sized, then trained
     found = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["from_data"]
     assert found["classes"] == ["blue", "green", "red"] and found["channels"] == 3
     assert found["num_classes"] == 3 and len(found["mean"]) == len(found["std"]) == 3

@@ -1,3 +1,4 @@
+import json
 from functools import partial
 
 import pandas as pd
@@ -85,3 +86,34 @@ def test_a_non_finite_loss_stops_training_with_its_step(tmp_path):
         fit(model, *loaders, optimizer, settings, record, NullTracker())
     record.release()
     assert 1 <= stopped.value.step <= len(loaders[0])  # found at the epoch's end, not later
+
+
+@pytest.mark.parametrize("speedup, chosen", [(3.0, "bf16"), (0.01, "fp32")])
+def test_auto_precision_on_a_cpu_follows_its_bf16_probe_and_is_recorded(
+    cli, tmp_path, monkeypatch, speedup, chosen
+):
+    import vitsweep.device
+
+    monkeypatch.setattr(vitsweep.device, "cpu_bf16_speedup", lambda: speedup)
+    result = cli("data=digits", "data.subset=64", "model.dim=32", "model.depth=1",
+                 "trainer.epochs=1", "logger=none", "device=cpu", "hydra.run.dir=run")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["precision"] == chosen
+
+
+def test_an_explicit_precision_is_kept_without_probing(monkeypatch):
+    import vitsweep.device
+    from vitsweep.device import resolve_precision
+
+    monkeypatch.setattr(vitsweep.device, "cpu_bf16_speedup", lambda: pytest.fail("probed"))
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+
+
+@pytest.mark.parametrize("major, chosen", [(7, "fp32"), (8, "bf16"), (9, "bf16")])
+def test_auto_precision_on_cuda_is_bf16_from_ampere_on(monkeypatch, major, chosen):
+    from vitsweep.device import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    assert resolve_precision("auto", torch.device("cuda", 0)) == chosen  # V100, A100, H100

@@ -12,6 +12,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,7 +158,20 @@ def load_fashion_mnist(
 
 # Your own images.
 
-GRAY = {"1", "L", "LA", "I", "I;16", "F"}
+GRAY = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def _eight_bit(image: Any, gray: bool) -> Any:
+    """The image as 8-bit L or RGB. 16- and 32-bit integer images are scaled from 0..65535
+    and float images from 0..1 (or 0..255 when larger), not clipped, which would turn most
+    pixels white."""
+    from PIL import Image
+
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255 / 65535 if image.mode.startswith("I") else 255 if values.max() <= 1 else 1
+        image = Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8), "L")
+    return image.convert("L" if gray else "RGB")
 
 
 def _read_images(folder: Path, image_size: int, classes: list[str] | None = None) -> ImageSet:
@@ -193,7 +207,7 @@ def _read_images(folder: Path, image_size: int, classes: list[str] | None = None
             continue
         try:
             with Image.open(path) as image:
-                picture = image.convert("L" if gray else "RGB")
+                picture = _eight_bit(image, gray)
         except Exception:  # a header that opens, on data that does not
             skipped.append(path)
             continue
@@ -212,14 +226,19 @@ def load_image_folder(
     root: str, image_size: int = 32, test_fraction: float = 0.2, seed: int = 0
 ) -> tuple[ImageSet, ImageSet]:
     """Your own images: ``root`` holds one sub-folder per class (torchvision's ImageFolder
-    layout), either inside ``train/`` and ``test/``, or directly, in which case a fixed
-    stratified split (``test_fraction`` of every class, seeded) makes the test set."""
+    layout), either inside ``train/`` and ``test/`` (or ``val/``), or directly, in which case
+    a fixed stratified split (``test_fraction`` of every class, seeded) makes the test set.
+    Both splits are shuffled once with ``seed``."""
     folder = Path(root)
     require(folder.is_dir(), "data.root", root, "a directory of class folders")
     require(image_size >= 1, "data.image_size", image_size, "a positive integer")
-    if (folder / "train").is_dir() and (folder / "test").is_dir():
+    splits = [name for name in ("train", "test", "val", "valid") if (folder / name).is_dir()]
+    if splits:  # never read a train/ folder as a class: say which layouts there are
+        held_out = next((name for name in splits if name != "train"), None)
+        require("train" in splits and held_out is not None, "data.root", root,
+                "class folders, or train/ and test/ (or val/) holding them")  # fmt: skip
         train = _read_images(folder / "train", image_size)
-        test = _read_images(folder / "test", image_size, train.classes)
+        test = _read_images(folder / held_out, image_size, train.classes)
     else:
         require(0 < test_fraction < 1, "data.source.test_fraction", test_fraction,
                 "a number in (0, 1)")  # fmt: skip
@@ -230,6 +249,9 @@ def load_image_folder(
             f"at least two class folders to tell apart (found {train.classes})")  # fmt: skip
     require(len(test) > 0, "data.source.test_fraction", test_fraction,
             "a fraction that leaves images to test on")  # fmt: skip
+    # ImageFolder lists class by class; shuffled once, data.subset takes from every class.
+    g = torch.Generator().manual_seed(seed)
+    train, test = (split.take(torch.randperm(len(split), generator=g)) for split in (train, test))
     log.info("%s: %d training and %d test images of %d classes (%s)", root, len(train),
              len(test), len(train.classes), ", ".join(train.classes))  # fmt: skip
     return train, test

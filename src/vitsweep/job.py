@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vitsweep.data import DataSettings, build_loaders
 from vitsweep.datasets import ImageSet
-from vitsweep.device import device_label, resolve_device
+from vitsweep.device import device_label, resolve_device, resolve_precision
 from vitsweep.errors import ConfigError, Diverged, raise_interrupt, require
 from vitsweep.fields import check_fields
 from vitsweep.measure import describe_model
@@ -112,6 +112,9 @@ def build(config: dict[str, Any], job_num: int | None = None) -> Parts:
     settings, data = TrainerSettings(**run.trainer), DataSettings(**run.data)
     checked("data.source", data.source)
     device = resolve_device(**run.device, job_num=job_num)
+    if device.type == "cuda":  # what allocates on "the current GPU" must use the job's
+        torch.cuda.set_device(device)
+    settings = replace(settings, precision=resolve_precision(settings.precision, device))
     checked("logger", run.logger)
     tracker = instantiate(run.logger)
     checked("model.embedding", run.model.get("embedding"), supplied=EMBEDDING_ARGS)
@@ -136,13 +139,14 @@ def train(parts: Parts, record: RunRecord, job: JobInfo) -> None:
         record.note_from_data(p.data, p.sets[0].classes)
     image_shape = (p.data.channels, p.data.image_size, p.data.image_size)
     versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
-    record.update(device=device_label(p.device), **versions, **describe_model(p.model, image_shape))
+    record.update(device=device_label(p.device), precision=p.settings.precision, **versions,
+                  **describe_model(p.model, image_shape))  # fmt: skip
     if p.settings.epochs == 0:
         record.update(status="sized")
         return
     loaders = build_loaders(
-        p.data, p.settings.batch_size, p.settings.eval_batch_size, p.device, p.seed
-    )
+        p.data, p.settings.batch_size, p.settings.eval_batch_size, p.device, p.seed, p.sets
+    )  # p.sets: a data set the model was sized from is not read twice
     # A multirun's jobs share a W&B group (the sweep's name) and carry their overrides as
     # tags, so W&B groups them as the comparison table does.
     p.tracker.start(record.config, record.run_dir, job.name, job.sweep_name, job.overrides)

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,14 +56,12 @@ def peak_rise_mb(device: torch.device, run: Callable[[], object]) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _native_stderr_silenced():
+    with _profiler_lines_dropped(), tempfile.TemporaryDirectory() as tmp:
         prof.start()
-    try:
-        run()
-    finally:
-        with _native_stderr_silenced():
+        try:
+            run()
+        finally:
             prof.stop()
-    with tempfile.TemporaryDirectory() as tmp, _native_stderr_silenced():
         trace = Path(tmp) / "trace.json"  # the running total is in the exported trace
         prof.export_chrome_trace(str(trace))
         events = json.loads(trace.read_text())["traceEvents"]
@@ -107,7 +106,8 @@ class PeakMemory:
     """Peak tensor memory of a training epoch, in MB. On CUDA, the allocator's peak since
     ``start_epoch``; on the CPU, the tensors the run holds (model, gradients, optimizer state,
     data) plus the most one step allocated on top of them, watched through the profiler once
-    (the first step ``watch`` sees) and the same for every epoch after it."""
+    (the first step ``watch`` is given: one after the optimizer has its state) and the same for
+    every epoch after it."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -132,18 +132,29 @@ class PeakMemory:
         return held_tensor_mb(*holders) + (self.step_rise or 0.0)
 
 
+# What torch's profiler logs from C++ straight to file descriptor 2 (a line at each start and
+# stop, a note about blocks allocated before it started): its own bookkeeping, every epoch.
+_PROFILER_LINES = ("SyncActivityProfilerHandler", "CPUAllocator.cpp", "DeviceProperties.cpp")
+
+
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """The profiler's C++ side logs its start and stop straight to file descriptor 2 (a line
-    each, every epoch); it is sent to /dev/null while the profiler starts, stops and exports."""
+def _profiler_lines_dropped() -> Iterator[None]:
+    """Capture file descriptor 2 while the profiler runs, then pass on every line that is not
+    the profiler's own (a warning from the step it watched still reaches the terminal)."""
+    sys.stderr.flush()
     saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
             yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
+                    if not any(mark in line for mark in _PROFILER_LINES)]  # fmt: skip
+            sys.stderr.write("".join(kept))
 
 
 def describe_model(model: nn.Module, image_shape: tuple[int, int, int]) -> dict[str, int]:

@@ -35,7 +35,7 @@ class TrainerSettings:
     batch_size: int = 128
     micro_batch_size: int | None = None  # split each batch (same gradient; faster on CPU)
     eval_batch_size: int = 512
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, else fp32) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 where the device is faster in it) | fp32 | bf16
     compile: bool = False  # torch.compile the model
     label_smoothing: float = 0.1
     warmup_epochs: float = 0
@@ -98,7 +98,8 @@ def cosine_schedule(
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast (fp32 master weights) on CUDA under ``auto``; fp32 elsewhere unless asked."""
+    """bf16 autocast (fp32 master weights) for ``bf16``, and for ``auto`` on CUDA (a run
+    resolves ``auto`` for its device first: ``vitsweep.device.resolve_precision``)."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
@@ -196,11 +197,13 @@ def train_one_epoch(
     # The first non-finite step is noted on the device and read only where we sync anyway.
     first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
     bar = tqdm(loader, desc=desc, leave=False, disable=None if settings.progress else True)
-    for i, (images, labels) in enumerate(bar):  # disable=None above: bars only on a terminal
+    for images, labels in bar:  # disable=None above: bars only on a terminal
         images, labels = to_device(images, labels, device)
         step_once = partial(training_step, model, images, labels, optimizer, scheduler, settings,
                             meter)  # fmt: skip
-        batch_loss = memory.watch(step_once) if i == 0 else step_once()
+        # Watched once the optimizer holds its state: the gradients and moments that the first
+        # step creates are counted as held tensors, not again as the step's rise.
+        batch_loss = memory.watch(step_once) if optimizer.state else step_once()
         step += 1
         bad = ~torch.isfinite(batch_loss) & (first_bad_step < 0)
         first_bad_step = torch.where(bad, step, first_bad_step)
