@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import QUICK, TINY, spawn
+from vitsweep.callbacks import ComparisonReport
 from vitsweep.checkpoint import read_checkpoint
 from vitsweep.errors import ConfigError
 from vitsweep.files import DirectoryLock
@@ -87,11 +88,15 @@ def test_resuming_a_completed_run_skips_it_and_rewrites_nothing(cli, tmp_path, f
 
 
 @pytest.fixture
-def signal_after_epoch(monkeypatch):
+def signal_after_epoch(monkeypatch, request):
     """Send this process a signal once epoch ``n`` is recorded, as a user or SLURM would."""
 
     def arm(n: int, signum: int = signal.SIGTERM) -> None:
         end_epoch = RunRecord.end_epoch
+        # As in a user's python process: Ctrl-C raises KeyboardInterrupt (a test worker's own
+        # process may have set SIGINT otherwise).
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
         def end_epoch_then_signal(self, row, *args):
             end_epoch(self, row, *args)
@@ -314,15 +319,16 @@ def test_two_sweeps_of_one_name_cannot_both_claim_it(tmp_path):
 def test_sigint_in_a_sweep_writes_the_partial_table_and_a_resumed_rerun_finishes(
     cli, tmp_path, signal_after_epoch, monkeypatch
 ):
-    on_exit = []  # what the sweep leaves for the interpreter's exit, run here instead
-    monkeypatch.setattr("atexit.register", on_exit.append)
+    registered = []  # what is left for the interpreter's exit: the sweep's table, run here
+    monkeypatch.setattr("atexit.register", registered.append)
     sweep = ["-m", "attention=softmax,linear", *TINY, "trainer.epochs=2", "sweep_name=s"]
     signal_after_epoch(1, signal.SIGINT)  # in job 0: Ctrl-C stops the whole sweep there
     job0, job1 = (tmp_path / "multirun" / "s" / str(i) for i in (0, 1))
     stopped = cli(*sweep)
     assert stopped.returncode == 130
     assert not (tmp_path / "results" / "s").exists() and not job1.exists()
-    assert len(on_exit) == 1
+    on_exit = [f for f in registered if isinstance(getattr(f, "__self__", None), ComparisonReport)]
+    assert len(on_exit) == 1  # (tqdm and others register their own; only ours is run)
     on_exit[0]()  # the interpreter exits: the table of what the sweep has
     partial = pd.read_csv(tmp_path / "results" / "s" / "comparison.csv")
     assert list(partial["status"]) == ["interrupted"] and partial["epochs_done"][0] == 1
