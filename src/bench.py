@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vitsweep.config import compose_config
 from vitsweep.data import DeviceLoader, torchvision_loader
 from vitsweep.datasets import ImageSet
-from vitsweep.device import device_label, resolve_device, resolve_precision
+from vitsweep.device import device_label, matmul_seconds, resolve_device, resolve_precision
 from vitsweep.files import slug
 from vitsweep.measure import PeakMemory, describe_model
 from vitsweep.tracking import NullTracker
@@ -38,7 +38,6 @@ from vitsweep.train import (
     build_optimizer,
     cosine_schedule,
     evaluate,
-    synchronize,
     train_one_epoch,
 )
 
@@ -65,22 +64,10 @@ def matmul_peak(
     products after a warm-up, the ceiling a training step's GEMMs can approach. A device
     without fast units for ``dtype`` (bf16 on a CPU without AVX-512-BF16 or AMX runs at well
     under 1 GFLOP/s) is probed at the largest n whose products fit in ``budget_s``."""
-    import time
-
-    def product_seconds(size: int) -> float:
-        a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        return time.perf_counter() - start
-
-    product_seconds(256)  # first call: kernel selection, thread pool start
-    small = product_seconds(256)
+    small = matmul_seconds(256, dtype, device, repeats=1)
     affordable = 256 * (budget_s / (repeats + 2) / max(small, 1e-9)) ** (1 / 3)
     n = min(n, max(256, int(affordable) // 256 * 256))
-    times = [product_seconds(n) for _ in range(repeats + 2)][2:]
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return 2 * n**3 / matmul_seconds(n, dtype, device, repeats, warmup=2) / 1e9
 
 
 def build_preset(preset: str, seed_style: bool) -> nn.Module:

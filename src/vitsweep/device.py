@@ -50,21 +50,37 @@ def device_label(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_seconds(
+    n: int, dtype: torch.dtype, device: torch.device, repeats: int = 3, warmup: int = 1
+) -> float:
+    """The median wall time of an n x n x n matrix product in ``dtype`` on ``device``, after
+    ``warmup`` untimed products (kernel selection, the thread pool's start)."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    times = []
+    for i in range(warmup + repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def cpu_bf16_speedup(n: int = 128, repeats: int = 3) -> float:
     """How many times faster this CPU multiplies n x n matrices in bf16 than in fp32: well
     above 1 with AMX or AVX-512-BF16 units, far below 1 without (bf16 is then emulated).
     A probe of milliseconds (about 0.1 s where bf16 is emulated)."""
-
-    def seconds(dtype: torch.dtype) -> float:
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        times = []
-        for _ in range(repeats + 1):  # the first product is a warm-up
-            start = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - start)
-        return statistics.median(times[1:])
-
-    return seconds(torch.float32) / seconds(torch.bfloat16)
+    cpu = torch.device("cpu")
+    fp32 = matmul_seconds(n, torch.float32, cpu, repeats)
+    return fp32 / matmul_seconds(n, torch.bfloat16, cpu, repeats)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vitsweep.device import synchronize
 from vitsweep.errors import ConfigError, Diverged, require, require_each
 from vitsweep.measure import PeakMemory
 
@@ -113,13 +114,6 @@ def to_device(
     return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 class PassMeter:
     """Loss, accuracy and throughput of one pass (``split``: train or test). The sums stay on
     the device (an .item() per step would stall a GPU every batch) and are read once."""
@@ -201,8 +195,9 @@ def train_one_epoch(
         images, labels = to_device(images, labels, device)
         step_once = partial(training_step, model, images, labels, optimizer, scheduler, settings,
                             meter)  # fmt: skip
-        # Watched once the optimizer holds its state: the gradients and moments that the first
-        # step creates are counted as held tensors, not again as the step's rise.
+        # Watched once the optimizer holds its state: the moments the first step creates are
+        # counted as held tensors, not again in the step's rise. (Gradients, which every step
+        # frees and makes again, are still in both: an overcount of their size.)
         batch_loss = memory.watch(step_once) if optimizer.state else step_once()
         step += 1
         bad = ~torch.isfinite(batch_loss) & (first_bad_step < 0)
