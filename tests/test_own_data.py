@@ -2,6 +2,8 @@
 jobs spread over every GPU."""
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,84 @@ def test_a_single_class_folder_through_the_cli_is_one_line(cli, tmp_path):
     result = cli(*RUN, "data=folder", f"data.root={root}", "hydra.run.dir=run")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "at least two class folders to tell apart (found ['only'])" in result.stderr
+
+
+def pictures(*sets: ImageSet) -> list[bytes]:
+    """Every image of the sets, as bytes (the pictures differ by colour, so by bytes)."""
+    return [image.numpy().tobytes() for split in sets for image in split.images]
+
+
+def test_a_link_loop_is_never_walked_and_a_class_kept_elsewhere_is_read_once(tmp_path, caplog):
+    root = make_folder(tmp_path / "pics", {"red": COLOURS["red"], "green": COLOURS["green"]}, 5)
+    make_folder(tmp_path / "elsewhere", {"blue": COLOURS["blue"], "more": (20, 150, 20)}, 3)
+    (root / "blue").symlink_to(tmp_path / "elsewhere" / "blue")  # a class folder: followed
+    (root / "green" / "more").symlink_to(tmp_path / "elsewhere" / "more")  # out: followed once
+    (root / "red" / "loop").symlink_to("..")  # back into the data set: never walked
+    with caplog.at_level("WARNING"):
+        train, test = load_image_folder(str(root), image_size=8)
+    assert train.classes == ["blue", "green", "red"] and len(train) + len(test) == 16
+    labels = torch.cat([train.labels, test.labels])
+    assert torch.bincount(labels).tolist() == [3, 8, 5]
+    assert len(set(pictures(train, test))) == 16
+    assert "1 link(s) to folders already in the data set (or holding it) not followed (loop)" in (
+        caplog.text
+    )
+
+
+def test_a_class_linked_into_another_is_neither_repeated_nor_in_both_splits(tmp_path, caplog):
+    root = make_folder(tmp_path / "pics", COLOURS, per_class=10)
+    (root / "green" / "reds").symlink_to("../red")  # another class, linked in: not walked
+    (root / "blue" / "also.png").symlink_to("../red/3.png")  # in two classes: stays in red
+    os.link(root / "green" / "4.png", root / "green" / "copy.png")  # the same file, twice
+    with caplog.at_level("WARNING"):
+        train, test = load_image_folder(str(root), image_size=8)
+    assert (len(train), len(test)) == (24, 6)
+    assert torch.bincount(torch.cat([train.labels, test.labels])).tolist() == [10, 10, 10]
+    assert len(set(pictures(train, test))) == 30  # no picture twice, so none in both splits
+    assert "1 file(s) also under another class folder left out of this one (also.png)" in (
+        caplog.text
+    )
+
+
+def test_a_test_file_linked_to_a_training_file_stays_in_training_only(tmp_path, caplog):
+    make_folder(tmp_path / "pics" / "train", COLOURS, per_class=4)
+    test_dir = make_folder(tmp_path / "pics" / "test", {"red": (230, 60, 60)}, per_class=2)
+    (test_dir / "red" / "linked.png").symlink_to("../../train/red/0.png")
+    (test_dir / "green").mkdir()  # green's only test file is a training file: no green tests
+    os.link(tmp_path / "pics" / "train" / "green" / "1.png", test_dir / "green" / "hard.png")
+    with caplog.at_level("WARNING"):
+        train, test = load_image_folder(str(tmp_path / "pics"), image_size=8)
+    assert (len(train), len(test)) == (12, 2)
+    assert test.labels.tolist() == [train.classes.index("red")] * 2
+    assert not set(pictures(train)) & set(pictures(test))
+    assert "2 file(s) also in train/ (links) dropped from the test split" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("red", "no images of its own for class 'alias': its 5 files are all under another"),
+        (".", "class folder .+ is a link to .+, which holds .+ itself"),
+    ],
+)
+def test_a_class_folder_linked_to_another_or_to_the_whole_set_is_refused(tmp_path, target, message):
+    root = make_folder(tmp_path / "pics", COLOURS, per_class=5)
+    (root / "alias").symlink_to(target)  # "alias" sorts first, but red's files stay red's
+    with pytest.raises(ConfigError, match=message):
+        load_image_folder(str(root), image_size=8)
+
+
+def test_a_class_whose_files_are_all_unreadable_is_one_line(cli, tmp_path):
+    root = make_folder(tmp_path / "pics", COLOURS, per_class=5)
+    for i in range(3):
+        (root / "grey").mkdir(exist_ok=True)
+        (root / "grey" / f"{i}.png").write_bytes(b"not an image at all")
+    said = f"has no readable images for class 'grey': its 3 files in {root / 'grey'} could not"
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_image_folder(str(root), image_size=8)
+    result = cli(*RUN, "data=folder", f"data.root={root}", "hydra.run.dir=run")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ") and said in result.stderr
 
 
 def test_settings_left_null_are_read_from_the_training_split():

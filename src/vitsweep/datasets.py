@@ -9,7 +9,9 @@ config, or, for your own images (``load_image_folder``), are read from the train
 import gzip
 import importlib.util
 import logging
+import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,35 +176,139 @@ def _eight_bit(image: Any, gray: bool) -> Any:
     return image.convert("L" if gray else "RGB")
 
 
-def _read_images(folder: Path, image_size: int, classes: list[str] | None = None) -> ImageSet:
-    """Every readable image under ``folder``'s class sub-folders, resized (shorter side) and
-    centre-cropped to ``image_size``. Gray if every image is, else RGB. A file that cannot be
-    read is skipped and counted, never a crash halfway."""
+def _shown(paths: list[str]) -> str:
+    """The first three file names, for a warning or an error."""
+    return ", ".join(Path(p).name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+
+def _holds(outer: str, inner: str) -> bool:
+    """Whether the real path ``outer`` is ``inner`` or one of its parents."""
+    return os.path.commonpath([outer, inner]) == outer
+
+
+def _walk(top: str, tree: list[str], unfollowed: list[str]) -> list[tuple[str, list[str]]]:
+    """(folder, file names) for every folder under ``top``. A link to a folder met on the way
+    is followed only where its real target lies outside ``tree`` (the real paths already in
+    the data set) and holds none of it; each one followed joins ``tree``. So a loop
+    (``cat/loop -> ..``) or another class linked in (``dog/cats -> ../cat``) is never walked,
+    while a link out to images kept elsewhere is, once; the others land in ``unfollowed``."""
+    found = []
+    for folder, dirs, files in os.walk(top):  # followlinks=False: the links are judged here
+        found.append((folder, files))
+        for name in sorted(dirs):
+            link = os.path.join(folder, name)
+            if not os.path.islink(link):
+                continue
+            real = os.path.realpath(link)
+            if any(_holds(real, known) or _holds(known, real) for known in tree):
+                unfollowed.append(link)
+            else:
+                tree.append(real)
+                found += _walk(link, tree, unfollowed)
+    return found
+
+
+Listing = tuple[list[str], list[tuple[str, int, tuple]]]  # classes; (path, class, identity)
+
+
+def _list_images(folder: Path, tree: list[str]) -> Listing:
+    """The classes under ``folder`` and their image files, each real file once. torchvision's
+    ImageFolder rules and order (a class is a sub-folder, by sorted name; an image is a file
+    with one of its ``IMG_EXTENSIONS``), without following links round a loop.
+
+    A class folder may itself be a link to a folder elsewhere: followed, once (one that holds
+    the data set itself is refused). Links to folders met deeper are followed only out of the
+    data set (``_walk``). A file is known by its device and inode, so a link or a hard link
+    to a file already listed is not listed again. A file reachable under two class folders
+    is ambiguous: it stays in the one it is in without a link on the way, else in the first
+    by sorted name, and is counted in a warning. A class folder without image files, or with
+    only files kept in another class, is one ConfigError."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    try:
+        with os.scandir(folder) as entries:  # is_dir() follows a class folder that is a link
+            classes = sorted(entry.name for entry in entries if entry.is_dir())
+    except OSError as err:
+        raise ConfigError(f"data.root: cannot read {folder}: {err.strerror}") from None
+    if not classes:
+        raise ConfigError(f"data.root: {folder} has no class folders with images (no sub-folders)")
+    here = os.path.realpath(folder)
+    for name in classes:
+        real = os.path.realpath(folder / name)
+        if _holds(real, tree[0]) or _holds(real, here):
+            raise ConfigError(f"data.root: class folder {folder / name} is a link to {real}, "
+                              f"which holds {folder} itself")  # fmt: skip
+        tree.append(real)
+    found, owner, unfollowed = [], {}, []  # identity -> (class, there without a link)
+    for index, name in enumerate(classes):
+        walked = sorted(_walk(str(folder / name), tree, unfollowed))
+        listed = [os.path.join(where, file) for where, names in walked for file in sorted(names)]
+        images = [path for path in listed if has_file_allowed_extension(path, IMG_EXTENSIONS)]
+        if not images:
+            raise ConfigError(f"data.root: {folder} has no class folders with images for class "
+                              f"'{name}': {folder / name} holds no file ending in "
+                              f"{', '.join(IMG_EXTENSIONS)}")  # fmt: skip
+        for path in images:
+            try:
+                stat = os.stat(path)
+                identity = (stat.st_dev, stat.st_ino)
+            except OSError:  # a broken link: listed, then skipped as unreadable
+                identity = ("path", path)
+            inside = os.path.realpath(path) == os.path.join(here, os.path.relpath(path, folder))
+            found.append((path, index, identity))
+            if identity not in owner or inside and not owner[identity][1]:
+                owner[identity] = (index, inside)
+    files, kept, again, elsewhere = [], set(), 0, []
+    for path, index, identity in found:
+        if owner[identity][0] != index:
+            elsewhere.append(path)
+        elif identity in kept:
+            again += 1
+        else:
+            kept.add(identity)
+            files.append((path, index, identity))
+    own, every = Counter(file[1] for file in files), Counter(file[1] for file in found)
+    for index, name in enumerate(classes):
+        if not own[index]:
+            raise ConfigError(f"data.root: {folder} has no images of its own for class '{name}': "
+                              f"its {every[index]} files are all under another class folder "
+                              f"too")  # fmt: skip
+    if unfollowed:
+        log.warning("%s: %d link(s) to folders already in the data set (or holding it) not "
+                    "followed (%s)", folder, len(unfollowed), _shown(unfollowed))  # fmt: skip
+    if again:
+        log.warning("%s: %d file(s) reached twice in one class folder (links) read once",
+                    folder, again)  # fmt: skip
+    if elsewhere:
+        log.warning("%s: %d file(s) also under another class folder left out of this one (%s)",
+                    folder, len(elsewhere), _shown(elsewhere))  # fmt: skip
+    return classes, files
+
+
+def _read_images(
+    folder: Path, listing: Listing, image_size: int, names: list[str] | None = None
+) -> ImageSet:
+    """The listed images, resized (shorter side) and centre-cropped to ``image_size``, each
+    labelled by its class's place in ``names`` (the listing's own classes when None). Gray if
+    every image is, else RGB. A file that cannot be read is skipped and counted, never a crash
+    halfway; a class none of whose files can be read is one ConfigError, since it would still
+    count as a class the model is asked to tell apart."""
     from PIL import Image
-    from torchvision.datasets import ImageFolder
     from torchvision.transforms import functional as TF
     from tqdm import tqdm
 
-    try:
-        found = ImageFolder(str(folder), loader=str)  # lists files; reads none
-    except (FileNotFoundError, RuntimeError) as err:
-        raise ConfigError(f"data.root: {folder} has no class folders with images ({err})") from None
-    names = classes or found.classes
-    missing = sorted(set(found.classes) - set(names))
-    require(not missing, "data.root", str(folder),
-            f"the training split's classes; {folder} also has {', '.join(missing)}")  # fmt: skip
+    classes, files = listing
+    names = names or classes
     modes, skipped = {}, []
-    for path, _ in found.samples:
+    for path, _, _ in files:
         try:
             with Image.open(path) as image:
                 modes[path] = image.mode
         except Exception:
             skipped.append(path)
     gray = bool(modes) and all(mode in GRAY for mode in modes.values())
-    images, labels = [], []
-    for path, label in tqdm(
-        found.samples, desc=f"reading {folder.name}", leave=False, disable=None
-    ):
+    images, labels, read = [], [], Counter()
+    for path, label, _ in tqdm(files, desc=f"reading {folder.name}", leave=False, disable=None):
         if path not in modes:
             continue
         try:
@@ -213,11 +319,16 @@ def _read_images(folder: Path, image_size: int, classes: list[str] | None = None
             continue
         picture = TF.center_crop(TF.resize(picture, image_size), image_size)
         images.append(TF.pil_to_tensor(picture))
-        labels.append(names.index(found.classes[label]))
+        labels.append(names.index(classes[label]))
+        read[label] += 1
+    for label, count in sorted(Counter(label for _, label, _ in files).items()):
+        if not read[label]:
+            unread = [path for path, of, _ in files if of == label]
+            raise ConfigError(f"data.root: {folder} has no readable images for class "
+                              f"'{classes[label]}': its {count} files in {folder / classes[label]} "
+                              f"could not be read ({_shown(unread)})")  # fmt: skip
     if skipped:
-        shown = ", ".join(Path(p).name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-        log.warning("%s: %d unreadable file(s) skipped (%s)", folder, len(skipped), shown)
-    require(bool(images), "data.root", str(folder), "class folders holding readable images")
+        log.warning("%s: %d unreadable file(s) skipped (%s)", folder, len(skipped), _shown(skipped))
     stacked = torch.stack(images)
     return ImageSet(stacked, torch.tensor(labels, dtype=torch.int64), list(names))
 
@@ -228,28 +339,53 @@ def load_image_folder(
     """Your own images: ``root`` holds one sub-folder per class (torchvision's ImageFolder
     layout), either inside ``train/`` and ``test/`` (or ``val/``), or directly, in which case
     a fixed stratified split (``test_fraction`` of every class, seeded) makes the test set.
-    Both splits are shuffled once with ``seed``."""
+    Both splits are shuffled once with ``seed``.
+
+    Every real file is read once, whatever links lead to it (``_list_images``): a link loop
+    is never walked, a file under two class folders stays in the first by sorted name, the
+    stratified split is made over distinct files, and a file of ``test/`` that is also in
+    ``train/`` (a link or hard link) is dropped from the test split with a warning. A class
+    folder with no image files, or none readable, is one ConfigError."""
     folder = Path(root)
     require(folder.is_dir(), "data.root", root, "a directory of class folders")
     require(image_size >= 1, "data.image_size", image_size, "a positive integer")
+    tree = [os.path.realpath(folder)]  # real paths in the data set: links into them not walked
     splits = [name for name in ("train", "test", "val", "valid") if (folder / name).is_dir()]
     if splits:  # never read a train/ folder as a class: say which layouts there are
         held_out = next((name for name in splits if name != "train"), None)
         require("train" in splits and held_out is not None, "data.root", root,
                 "class folders, or train/ and test/ (or val/) holding them")  # fmt: skip
-        train = _read_images(folder / "train", image_size)
-        test = _read_images(folder / held_out, image_size, train.classes)
+        train_dir, test_dir = folder / "train", folder / held_out
+        tree += [os.path.realpath(train_dir), os.path.realpath(test_dir)]
+        train_listing = _list_images(train_dir, tree)
+        test_classes, test_files = _list_images(test_dir, tree)
+        missing = sorted(set(test_classes) - set(train_listing[0]))
+        extra = f"the training split's classes; {test_dir} also has {', '.join(missing)}"
+        require(not missing, "data.root", str(test_dir), extra)
+        # A file in both splits is dropped from the test split, with a warning, rather than
+        # refused: the honest split is unambiguous (the model trains on it either way), and
+        # a refusal would only make the user delete these very files by hand.
+        in_train = {identity for _, _, identity in train_listing[1]}
+        shared = [path for path, _, identity in test_files if identity in in_train]
+        if shared:
+            log.warning("%s: %d file(s) also in train/ (links) dropped from the test split (%s)",
+                        test_dir, len(shared), _shown(shared))  # fmt: skip
+        test_files = [file for file in test_files if file[2] not in in_train]
+        require(bool(test_files), "data.root", root,
+                f"images in {held_out}/ that are not also in train/")  # fmt: skip
+        train = _read_images(train_dir, train_listing, image_size)
+        test = _read_images(test_dir, (test_classes, test_files), image_size, train.classes)
     else:
         require(0 < test_fraction < 1, "data.source.test_fraction", test_fraction,
                 "a number in (0, 1)")  # fmt: skip
-        every = _read_images(folder, image_size)
+        every = _read_images(folder, _list_images(folder, tree), image_size)
         train_index, test_index = stratified_split(every.labels, test_fraction, seed)
         train, test = every.take(train_index), every.take(test_index)
     require(len(train.classes) >= 2, "data.root", root,
             f"at least two class folders to tell apart (found {train.classes})")  # fmt: skip
     require(len(test) > 0, "data.source.test_fraction", test_fraction,
             "a fraction that leaves images to test on")  # fmt: skip
-    # ImageFolder lists class by class; shuffled once, data.subset takes from every class.
+    # Listed class by class; shuffled once, data.subset takes from every class.
     g = torch.Generator().manual_seed(seed)
     train, test = (split.take(torch.randperm(len(split), generator=g)) for split in (train, test))
     log.info("%s: %d training and %d test images of %d classes (%s)", root, len(train),
