@@ -1,11 +1,11 @@
-"""Training and evaluation throughput of the presets, against a seed-style reference.
+"""Training and evaluation throughput of the presets, against a nanovit-style reference.
 
     python src/bench.py                         # vit, vitl, vitx on the available device
     python src/bench.py --data synthetic        # CIFAR-shaped random images (no data set needed)
 
 For each preset it times the harness's own path (device-resident data with batched
 augmentation, SDPA, bf16 autocast and a fused optimizer on CUDA, micro-batches on CPU)
-against a seed-style reference (the attention matrix written out, torch's own dropout,
+against a nanovit-style reference (the attention matrix written out, torch's own dropout,
 per-image PIL torchvision transforms through a DataLoader, fp32, eager), both through the
 same train_one_epoch() and evaluate() that training uses, in the same process and alternating
 round by round, so that the ratio holds on a noisy machine. Where timm is installed, its
@@ -70,15 +70,15 @@ def matmul_peak(
     return 2 * n**3 / matmul_seconds(n, dtype, device, repeats, warmup=2) / 1e9
 
 
-def build_preset(preset: str, seed_style: bool) -> nn.Module:
-    """The preset as vitsweep builds it, or as the seed did: the attention matrix written
+def build_preset(preset: str, nanovit_style: bool) -> nn.Module:
+    """The preset as vitsweep builds it, or as nanovit did: the attention matrix written
     out, and torch's own dropout (one random draw per element on the CPU)."""
     cfg = compose_config([f"model={preset}", "data=cifar10"])
-    if seed_style and cfg.model.attention._target_.endswith("SoftmaxAttention"):
+    if nanovit_style and cfg.model.attention._target_.endswith("SoftmaxAttention"):
         cfg.model.attention.impl = "explicit"
     torch.manual_seed(0)
     model = instantiate(cfg.model, image_size=32, in_channels=3, num_classes=10)
-    if seed_style:
+    if nanovit_style:
         for module in model.modules():
             if isinstance(module, nn.Dropout):
                 module.__class__ = nn.Dropout
@@ -127,7 +127,7 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
         micro_batch_size=None if on_cuda else args.cpu_micro_batch,
     )  # fmt: skip
     reference = TrainerSettings(batch_size=args.batch, precision="fp32", progress=False)
-    fast_model = build_preset(preset, seed_style=False)
+    fast_model = build_preset(preset, nanovit_style=False)
     if on_cuda:
         fast_model = fast_model.to(memory_format=torch.channels_last)
     augment = {"train": True, "crop_padding": 4, "flip": True}
@@ -138,7 +138,7 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
             DeviceLoader(eval_images, 512, mean, std, device), fast, device,
         ),
         Contender(
-            "seed-style reference", build_preset(preset, seed_style=True),
+            "nanovit-style reference", build_preset(preset, nanovit_style=True),
             torchvision_loader(steps_images, args.batch, mean, std, **augment),
             torchvision_loader(eval_images, 512, mean, std), reference, device,
         ),
@@ -204,7 +204,7 @@ def write_profile(preset: str, contender: Contender, args: argparse.Namespace) -
 def write_results(
     frame: pd.DataFrame, label: str, peaks: dict[str, float], args: argparse.Namespace
 ) -> Path:
-    """results/bench/<device>.csv and .md: each path's throughput, its ratio to the seed-style
+    """results/bench/<device>.csv and .md: each path's throughput, its ratio to the nanovit-style
     reference, and its achieved fraction of the device's measured matrix-multiply peak."""
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / slug(label + ("_compile" if args.compile else ""))

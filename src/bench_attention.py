@@ -43,7 +43,7 @@ def build_attention(variant: str, dim: int, heads: int, tokens: int, conf_dir: P
     """The attention as training builds it: from its conf/attention YAML, defaults and all."""
     cfg = compose_config(variants(conf_dir)[variant], conf_dir)
     factory = instantiate(cfg.model.attention)
-    return factory(dim=dim, heads=heads, num_tokens=tokens, seed_quirks=False)
+    return factory(dim=dim, heads=heads, num_tokens=tokens, nanovit_quirks=False)
 
 
 def measure(variant: str, tokens: int, batch: int, dim: int, heads: int, repeats: int, device: str,

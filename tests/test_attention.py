@@ -50,9 +50,9 @@ def test_softmax_impls_agree_as_modules():
     assert torch.allclose(sdpa(x), explicit(x), atol=1e-5)
 
 
-def test_seed_quirks_scale_softmax_by_the_seeds_one_over_sqrt_dim():
+def test_nanovit_quirks_scale_softmax_by_nanovits_one_over_sqrt_dim():
     q, k, v = qkv(d=16, heads=8)  # dim 128
-    attention = SoftmaxAttention(128, 8, 64, seed_quirks=True)
+    attention = SoftmaxAttention(128, 8, 64, nanovit_quirks=True)
     expected = torch.softmax(q @ k.transpose(-2, -1) / 128**0.5, dim=-1) @ v
     assert torch.allclose(attention.attend(q, k, v), expected, atol=1e-5)
 
@@ -148,7 +148,7 @@ def test_every_attention_takes_the_same_first_arguments():
 def build_attention(name: str, tokens: int, conf_dir: Path = CONF_DIR, **knobs):
     """Option ``name`` of conf/attention at dim 64, 4 heads, built as the model builds it."""
     node = compose_config([f"attention={name}"], conf_dir).model.attention
-    return instantiate(node, **knobs)(dim=64, heads=4, num_tokens=tokens, seed_quirks=False)
+    return instantiate(node, **knobs)(dim=64, heads=4, num_tokens=tokens, nanovit_quirks=False)
 
 
 def check_shape_and_finite_gradients(attention: torch.nn.Module, tokens: int = 50) -> None:

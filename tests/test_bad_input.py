@@ -38,7 +38,7 @@ CASES = [
     ("model.dropout=nan", "model.dropout=nan: expected a finite number"),
     ("model.pool=max", "model.pool='max': expected cls or mean"),
     ("model.pos=rope", "model.pos='rope'"),
-    ("model.seed_quirks=yes", "model.seed_quirks='yes': expected true or false"),
+    ("model.nanovit_quirks=yes", "model.nanovit_quirks='yes': expected true or false"),
     ("+model.foo=1", "model.foo is not a setting of VisionTransformer"),
     ("model.embedding.patch_size=3", "not divisible by model.embedding.patch_size=3"),
     ("model.embedding.patch_size=0", "model.embedding.patch_size=0"),
@@ -114,6 +114,26 @@ def test_bad_input_leaves_an_existing_run_directory_byte_identical(
         assert "Traceback" not in result.stdout + result.stderr
     after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert after == before
+
+
+RENAMED_KEY = "model.seed_quirks was renamed to model.nanovit_quirks"
+NEEDS_RUN_PY = pytest.mark.xfail(
+    strict=True,
+    reason="without +, Hydra refuses a key the config lacks before vitsweep runs (exit 1, "
+    "its own message); only src/run.py can turn that into the one line",
+)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["+model.seed_quirks=true", pytest.param("model.seed_quirks=true", marks=NEEDS_RUN_PY)],
+)
+def test_a_renamed_key_names_its_new_name_in_one_line(cli, tmp_path, override):
+    result = cli(*TINY, override, "hydra.run.dir=run")
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: {RENAMED_KEY}"], result.stderr
+    assert not (tmp_path / "run" / "history.csv").exists()
 
 
 def test_a_bad_field_in_a_sweep_is_a_failed_row_and_the_sweep_goes_on(cli, tmp_path):

@@ -10,12 +10,12 @@ import bench
 from vitsweep.models.dropout import Dropout
 
 
-def test_the_seed_style_reference_uses_torch_dropout_and_the_explicit_matrix():
-    ours, seed = bench.build_preset("vit", seed_style=False), bench.build_preset("vit", True)
+def test_the_nanovit_style_reference_uses_torch_dropout_and_the_explicit_matrix():
+    ours, nanovit = bench.build_preset("vit", nanovit_style=False), bench.build_preset("vit", True)
     assert any(type(m) is Dropout for m in ours.modules())
-    assert not any(isinstance(m, Dropout) for m in seed.modules())
-    assert any(type(m) is nn.Dropout for m in seed.modules())
-    assert seed.blocks[0].attn.kernel.__name__ == "explicit_softmax_attention"
+    assert not any(isinstance(m, Dropout) for m in nanovit.modules())
+    assert any(type(m) is nn.Dropout for m in nanovit.modules())
+    assert nanovit.blocks[0].attn.kernel.__name__ == "explicit_softmax_attention"
 
 
 def test_bench_writes_a_table_of_every_path_against_the_reference(tmp_path, monkeypatch):
@@ -25,8 +25,8 @@ def test_bench_writes_a_table_of_every_path_against_the_reference(tmp_path, monk
     monkeypatch.setattr(sys, "argv", argv)
     bench.main()
     table = pd.read_csv(next(tmp_path.glob("*.csv")))
-    assert {"vitsweep", "seed-style reference"} <= set(table["path"])
-    reference = table.set_index("path").loc["seed-style reference"]
+    assert {"vitsweep", "nanovit-style reference"} <= set(table["path"])
+    reference = table.set_index("path").loc["nanovit-style reference"]
     assert reference["vs_reference"] == 1.0 and reference["eval_vs_reference"] == 1.0
     assert (table["train_img_per_s"] > 0).all() and (table["of_peak"] > 0).all()
     assert "of peak" in next(tmp_path.glob("*.md")).read_text()

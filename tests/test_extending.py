@@ -24,7 +24,7 @@ from vitsweep.models.attention import MultiHeadAttention
 class MeanValueAttention(MultiHeadAttention):
     """Every token attends to every other equally: softmax with all scores equal."""
 
-    def __init__(self, dim: int, heads: int, num_tokens: int, seed_quirks: bool = False,
+    def __init__(self, dim: int, heads: int, num_tokens: int, nanovit_quirks: bool = False,
                  gain: float = 1.0) -> None:
         super().__init__(dim, heads)
         self.gain = gain

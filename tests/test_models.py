@@ -17,17 +17,17 @@ from vitsweep.models import (
     VisionTransformer,
 )
 
-SEED_PARAMS = {"vit": 829_322, "vitl": 924_426, "vitx": 1_017_162}
-SEED_TOKENS = {"vit": 256, "vitl": 1024, "vitx": 1024}
+NANOVIT_PARAMS = {"vit": 829_322, "vitl": 924_426, "vitx": 1_017_162}
+NANOVIT_TOKENS = {"vit": 256, "vitl": 1024, "vitx": 1024}
 
 
-@pytest.mark.parametrize("preset", SEED_PARAMS)
+@pytest.mark.parametrize("preset", NANOVIT_PARAMS)
 @pytest.mark.parametrize("quirks", [False, True])
-def test_presets_match_the_seed_parameter_counts(make_config, preset, quirks):
-    cfg = make_config([f"model={preset}", "data=cifar10", f"model.seed_quirks={quirks}"])
+def test_presets_match_nanovits_parameter_counts(make_config, preset, quirks):
+    cfg = make_config([f"model={preset}", "data=cifar10", f"model.nanovit_quirks={quirks}"])
     model = instantiate(cfg.model, image_size=32, in_channels=3, num_classes=10)
-    assert count_parameters(model) == SEED_PARAMS[preset]
-    assert model.num_tokens == SEED_TOKENS[preset]
+    assert count_parameters(model) == NANOVIT_PARAMS[preset]
+    assert model.num_tokens == NANOVIT_TOKENS[preset]
 
 
 def test_model_sizes_come_from_the_data_config(make_config):
@@ -73,8 +73,8 @@ def test_bad_shapes_are_config_errors():
         PatchEmbedding(in_channels=3, dim=32, image_size=32, patch_size=3)
 
 
-class SeedViT(nn.Module):
-    """The seed's VIT restated from its write-up, independently of vitsweep's code: separate
+class NanoViT(nn.Module):
+    """nanovit's VIT restated from its write-up, independently of vitsweep's code: separate
     q/k/v/o projections with bias, softmax scaled by 1/sqrt(dim), the block normalising the
     residual stream itself, a ReLU FFN, cls token and positions, LayerNorm + Linear head."""
 
@@ -108,17 +108,17 @@ class SeedViT(nn.Module):
         x = torch.cat([self.cls.expand(len(images), -1, -1), self.proj(patches)], 1) + self.pos
         for layer in self.layers:
             x = x + self.attention(layer, layer["norm1"](x))
-            x = layer["norm2"](x)  # the seed normalises the residual stream itself
+            x = layer["norm2"](x)  # nanovit normalises the residual stream itself
             x = x + layer["ffn"](x)
         return self.head(x[:, 0])
 
 
-def _load_into_seed(ours: VisionTransformer, seed: SeedViT) -> None:
+def _load_into_nanovit(ours: VisionTransformer, nanovit: NanoViT) -> None:
     with torch.no_grad():
-        seed.proj.load_state_dict(ours.embed.proj.state_dict())
-        seed.cls.copy_(ours.cls_token)
-        seed.pos.copy_(ours.pos)
-        for block, layer in zip(ours.blocks, seed.layers):
+        nanovit.proj.load_state_dict(ours.embed.proj.state_dict())
+        nanovit.cls.copy_(ours.cls_token)
+        nanovit.pos.copy_(ours.pos)
+        for block, layer in zip(ours.blocks, nanovit.layers):
             layer["norm1"].load_state_dict(block.norm1.state_dict())
             layer["norm2"].load_state_dict(block.norm2.state_dict())
             for name, w, b in zip(
@@ -129,20 +129,20 @@ def _load_into_seed(ours: VisionTransformer, seed: SeedViT) -> None:
             layer["o"].load_state_dict(block.attn.out.state_dict())
             layer["ffn"][0].load_state_dict(block.ffn[0].state_dict())
             layer["ffn"][2].load_state_dict(block.ffn[3].state_dict())
-        seed.head.load_state_dict(ours.head.state_dict())
+        nanovit.head.load_state_dict(ours.head.state_dict())
 
 
-def test_seed_quirks_built_in_python_are_the_seeds_model():
+def test_nanovit_quirks_built_in_python_are_nanovits_model():
     build = partial(VisionTransformer, partial(PatchEmbedding, patch_size=4), SoftmaxAttention,
                     16, 3, 10, dim=32, heads=4, depth=2, mlp_dim=128)  # fmt: skip
     torch.manual_seed(0)
-    quirky, plain = build(seed_quirks=True), build()
-    assert quirky.pos.std() > 0.5 > plain.pos.std()  # the seed initialised with std 1
-    seed = SeedViT()
-    assert count_parameters(quirky) == count_parameters(seed) == count_parameters(plain)
-    _load_into_seed(quirky, seed)
+    quirky, plain = build(nanovit_quirks=True), build()
+    assert quirky.pos.std() > 0.5 > plain.pos.std()  # nanovit initialised with std 1
+    nanovit = NanoViT()
+    assert count_parameters(quirky) == count_parameters(nanovit) == count_parameters(plain)
+    _load_into_nanovit(quirky, nanovit)
     images = torch.randn(4, 3, 16, 16)
-    expected = seed.eval()(images)
+    expected = nanovit.eval()(images)
     assert torch.allclose(quirky.eval()(images), expected, atol=1e-5)
     plain.load_state_dict(quirky.state_dict())  # same weights, corrected formulas
     assert not torch.allclose(plain.eval()(images), expected, atol=1e-3)

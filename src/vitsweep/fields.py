@@ -5,7 +5,8 @@ attention knob by its attention class, ``trainer`` by ``TrainerSettings``, ``dat
 ``DataSettings``, ``optim`` by the optimizer. That signature is the field's declaration: a key it
 does not take is unknown, and a value its annotation does not admit has the wrong type. Ranges
 are checked by the constructors themselves (``vitsweep.errors.require``), so a new part declares
-and checks its own settings and nothing here names one.
+and checks its own settings and nothing here names one. A part whose setting was renamed says so
+in a ``RENAMED = {"old": "new"}`` class attribute, so the old key names the new one.
 """
 
 import inspect
@@ -112,6 +113,8 @@ def check_fields(
             raise ConfigError(f"{prefix}{key} is not set in the config: the code that builds "
                               "this part passes it")  # fmt: skip
         if key not in settable:
+            if new := getattr(target, "RENAMED", {}).get(key):
+                raise ConfigError(f"{prefix}{key} was renamed to {prefix}{new}")
             known = ", ".join(settable) or "none"
             raise ConfigError(f"{prefix}{key} is not a setting of {name} (its settings: {known})")
         hint = hints.get(key, params[key].annotation)

@@ -1,7 +1,7 @@
 """Attention mechanisms. Each is one ``nn.Module`` mapping ``(B, N, D) -> (B, N, D)``.
 
-Every class is built with the same four arguments, ``(dim, heads, num_tokens, seed_quirks)``,
-and uses what it needs of them (only Linformer needs the token count, only softmax has a seed
+Every class is built with the same four arguments, ``(dim, heads, num_tokens, nanovit_quirks)``,
+and uses what it needs of them (only Linformer needs the token count, only softmax has a nanovit
 quirk); anything after those is the mechanism's own knob, set from its YAML file in
 ``conf/attention/``. Their annotations are the knobs' types and their constructors check the
 ranges, so a new variant declares its own settings. They share one frame,
@@ -79,19 +79,24 @@ class SoftmaxAttention(MultiHeadAttention):
 
     ``impl="sdpa"`` calls torch's ``scaled_dot_product_attention``, which picks the flash,
     memory-efficient or math kernel itself; ``impl="explicit"`` builds the attention matrix.
-    ``seed_quirks`` scales by 1/sqrt(dim) as the seed did, instead of 1/sqrt(head_dim).
-    Projections carry biases, as in the seed.
+    ``nanovit_quirks`` scales by 1/sqrt(dim) as nanovit did, instead of 1/sqrt(head_dim).
+    Projections carry biases, as in nanovit.
     """
 
     def __init__(
-        self, dim: int, heads: int, num_tokens: int, seed_quirks: bool = False, impl: str = "sdpa"
+        self,
+        dim: int,
+        heads: int,
+        num_tokens: int,
+        nanovit_quirks: bool = False,
+        impl: str = "sdpa",
     ) -> None:
         super().__init__(dim, heads, bias=True)
         require(impl in ("sdpa", "explicit"), "model.attention.impl", impl, "sdpa or explicit")
         self.kernel = (
             F.scaled_dot_product_attention if impl == "sdpa" else explicit_softmax_attention
         )
-        self.scale = dim**-0.5 if seed_quirks else None  # None: 1/sqrt(head_dim)
+        self.scale = dim**-0.5 if nanovit_quirks else None  # None: 1/sqrt(head_dim)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.kernel(q, k, v, scale=self.scale)
@@ -106,7 +111,7 @@ class LinearAttention(MultiHeadAttention):
     """
 
     def __init__(
-        self, dim: int, heads: int, num_tokens: int, seed_quirks: bool = False, eps: float = 1e-6
+        self, dim: int, heads: int, num_tokens: int, nanovit_quirks: bool = False, eps: float = 1e-6
     ) -> None:
         super().__init__(dim, heads)
         require(eps >= 0, "model.attention.eps", eps, "a number >= 0")
@@ -132,7 +137,7 @@ class PerformerAttention(MultiHeadAttention):
         dim: int,
         heads: int,
         num_tokens: int,
-        seed_quirks: bool = False,
+        nanovit_quirks: bool = False,
         features: int | None = None,
         redraw_interval: int | None = None,
         eps: float = 1e-6,
@@ -225,7 +230,7 @@ class NystromAttention(MultiHeadAttention):
         dim: int,
         heads: int,
         num_tokens: int,
-        seed_quirks: bool = False,
+        nanovit_quirks: bool = False,
         landmarks: int = 32,
         pinv_iterations: int = 6,
     ) -> None:
@@ -264,7 +269,7 @@ class LinformerAttention(MultiHeadAttention):
     """
 
     def __init__(
-        self, dim: int, heads: int, num_tokens: int, seed_quirks: bool = False, k: int = 64
+        self, dim: int, heads: int, num_tokens: int, nanovit_quirks: bool = False, k: int = 64
     ) -> None:
         super().__init__(dim, heads)
         require(k >= 1, "model.attention.k", k, "a positive integer")

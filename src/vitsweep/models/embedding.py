@@ -39,9 +39,9 @@ class PatchEmbedding(nn.Module):
 
 
 class ConvEmbedding(nn.Module):
-    """The seed's CNN stem: 3x3 convs with ReLU, one token per pixel.
+    """nanovit's CNN stem: 3x3 convs with ReLU, one token per pixel.
 
-    ``patch_size`` is the stride of the last conv: 1 (the seed) keeps a token per pixel,
+    ``patch_size`` is the stride of the last conv: 1 (as in nanovit) keeps a token per pixel,
     p > 1 leaves one token per p x p patch for the same parameters.
     """
 

@@ -3,7 +3,7 @@
 Embedding and attention arrive as factories (``functools.partial`` objects that Hydra makes
 from the ``embedding`` and ``attention`` config groups), so this file never names a variant: it
 calls every embedding with ``(in_channels, dim, image_size)`` and every attention with
-``(dim, heads, num_tokens, seed_quirks)``, and never looks at which one it got.
+``(dim, heads, num_tokens, nanovit_quirks)``, and never looks at which one it got.
 """
 
 import math
@@ -18,7 +18,7 @@ from vitsweep.models.dropout import Dropout
 
 # The contract: what every embedding and every attention is built with (their first arguments).
 EMBEDDING_ARGS = ("in_channels", "dim", "image_size")
-ATTENTION_ARGS = ("dim", "heads", "num_tokens", "seed_quirks")
+ATTENTION_ARGS = ("dim", "heads", "num_tokens", "nanovit_quirks")
 
 
 class FeedForward(nn.Sequential):
@@ -35,7 +35,7 @@ class FeedForward(nn.Sequential):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x)).
 
-    ``norm_residual`` reproduces the seed's block, which normalises the residual stream itself
+    ``norm_residual`` reproduces nanovit's block, which normalises the residual stream itself
     before the feed-forward (x = norm2(x); x = x + ffn(x)).
     """
 
@@ -79,11 +79,13 @@ class VisionTransformer(nn.Module):
     cls token and averages the tokens. ``pos``: ``learned`` (a table, one row per token),
     ``sincos`` (fixed 2-D sine-cosine; the cls token gets none), or ``none``.
 
-    ``seed_quirks=True`` rebuilds the seed exactly as it was written: softmax scaled by
+    ``nanovit_quirks=True`` rebuilds nanovit exactly as it was written: softmax scaled by
     1/sqrt(dim) (the attention is told), the residual stream normalised in each block, and
     cls/positions initialised with std 1 instead of 0.02. None of them changes the parameter
     count.
     """
+
+    RENAMED = {"seed_quirks": "nanovit_quirks"}  # old key: new key (vitsweep.fields says so)
 
     def __init__(
         self,
@@ -99,7 +101,7 @@ class VisionTransformer(nn.Module):
         dropout: float = 0.1,
         pool: str = "cls",
         pos: str = "learned",
-        seed_quirks: bool = False,
+        nanovit_quirks: bool = False,
     ) -> None:
         super().__init__()
         positive = "a positive integer"
@@ -121,7 +123,7 @@ class VisionTransformer(nn.Module):
         self.embed = embedding(in_channels=in_channels, dim=dim, image_size=image_size)
         self.num_tokens = self.embed.num_tokens
         self.pool = pool
-        init_std = 1.0 if seed_quirks else 0.02
+        init_std = 1.0 if nanovit_quirks else 0.02
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * init_std) if pool == "cls" else None
         seq_len = self.num_tokens + (pool == "cls")
         if pos == "learned":
@@ -133,9 +135,12 @@ class VisionTransformer(nn.Module):
             self.register_buffer("pos", table.unsqueeze(0), persistent=False)
         else:
             self.pos = None
-        parts = {"dim": dim, "heads": heads, "num_tokens": seq_len, "seed_quirks": seed_quirks}
+        parts = dict(dim=dim, heads=heads, num_tokens=seq_len, nanovit_quirks=nanovit_quirks)
         self.blocks = nn.Sequential(
-            *(Block(dim, attention(**parts), mlp_dim, dropout, seed_quirks) for _ in range(depth))
+            *(
+                Block(dim, attention(**parts), mlp_dim, dropout, nanovit_quirks)
+                for _ in range(depth)
+            )
         )
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
 
