@@ -10,8 +10,26 @@ named after the sweep's ``sweep_name`` (kept in its records), as at the end of t
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
+from vitsweep.errors import ConfigError
 from vitsweep.report import load_sweep, load_wandb, sweep_name, write_report
+from vitsweep.sweep import check_sweep_name
+
+
+def read_runs(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
+    """The runs and curves, the results folder's name (one folder name: never a path that
+    leaves --results) and where they came from; a ConfigError says why not."""
+    if args.wandb:
+        try:
+            runs, curves = load_wandb(args.wandb, args.group)
+        except Exception as err:  # network, credentials, unknown project: one line
+            raise ConfigError(f"could not read W&B runs of {args.wandb}: {err}") from None
+        name, source = check_sweep_name(args.name or args.group), f"W&B {args.wandb}, group "
+        return runs, curves, name, source + args.group
+    runs, curves = load_sweep(args.sweep_dir)
+    name = check_sweep_name(args.name) if args.name else sweep_name(args.sweep_dir, runs)
+    return runs, curves, name, str(args.sweep_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,20 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.confidence < 1:
         parser.error(f"--confidence must be in (0, 1), got {args.confidence}")
 
-    if args.wandb:
-        if not args.group:
-            parser.error("--wandb needs --group (the sweep's name, which is its W&B group)")
-        try:
-            runs, curves = load_wandb(args.wandb, args.group)
-        except Exception as err:  # network, credentials, unknown project: one line
-            print(f"error: could not read W&B runs of {args.wandb}: {err}", file=sys.stderr)
-            return 2
-        name, source = args.name or args.group, f"W&B {args.wandb}, group {args.group}"
-    else:
-        if args.sweep_dir is None or not args.sweep_dir.is_dir():
-            parser.error(f"sweep directory not found: {args.sweep_dir}")
-        runs, curves = load_sweep(args.sweep_dir)
-        name, source = args.name or sweep_name(args.sweep_dir, runs), args.sweep_dir
+    if args.wandb and not args.group:
+        parser.error("--wandb needs --group (the sweep's name, which is its W&B group)")
+    if not args.wandb and (args.sweep_dir is None or not args.sweep_dir.is_dir()):
+        parser.error(f"sweep directory not found: {args.sweep_dir}")
+    try:
+        runs, curves, name, source = read_runs(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if runs.empty:
         print(f"error: no runs found in {source}", file=sys.stderr)
         return 2
@@ -50,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         print(f"error: the table could not be built: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    print(f"{table}\nComparison of {len(runs)} runs in {out_dir}/")
+    print(f"{table.attrs['headline']}\nComparison of {len(runs)} runs in {out_dir}/")
+    for note in table.attrs["notes"]:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

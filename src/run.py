@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vitsweep.job import JobInfo, build, reported_failures, train
+from vitsweep.job import JobInfo, job_life, train
 
 
 def this_job(cfg: DictConfig) -> JobInfo:
@@ -36,11 +36,11 @@ def this_job(cfg: DictConfig) -> JobInfo:
 def main(cfg: DictConfig) -> float | None:
     """One run, or one job of a multirun; returns its best test accuracy (Optuna's objective)."""
     job = this_job(cfg)
-    with reported_failures(job) as outcome:  # failures become statuses, one line, an exit code
-        record = outcome.claim(cfg)  # the run directory: refused if it holds another run
+    with job_life(job) as life:  # whatever stops the job: its status, one line, an exit code
+        record = life.claim(cfg)  # the run directory: refused if it holds another run
         if not record.done:
-            train(build(record.config, job.num), record, job)
-    return outcome.best_accuracy
+            train(life.build(record.config), record, job)
+    return life.best_accuracy
 
 
 if __name__ == "__main__":

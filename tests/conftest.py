@@ -4,6 +4,7 @@ import logging
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from vitsweep.config import CONF_DIR, compose_config
+from vitsweep.record import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "src" / "run.py"
@@ -90,3 +92,24 @@ def spawn(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
     return subprocess.Popen([sys.executable, str(RUN), *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # fmt: skip
+
+
+@pytest.fixture
+def signal_after_epoch(monkeypatch, request):
+    """Send this process a signal once epoch ``n`` is recorded, as a user or SLURM would."""
+
+    def arm(n: int, signum: int = signal.SIGTERM) -> None:
+        end_epoch = RunRecord.end_epoch
+        # As in a user's python process: Ctrl-C raises KeyboardInterrupt (a test worker's own
+        # process may have set SIGINT otherwise).
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+
+        def end_epoch_then_signal(self, row, *args):
+            end_epoch(self, row, *args)
+            if row["epoch"] == n:
+                os.kill(os.getpid(), signum)
+
+        monkeypatch.setattr(RunRecord, "end_epoch", end_epoch_then_signal)
+
+    return arm

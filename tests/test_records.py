@@ -87,27 +87,6 @@ def test_resuming_a_completed_run_skips_it_and_rewrites_nothing(cli, tmp_path, f
     assert snapshot(tmp_path / "run") == before
 
 
-@pytest.fixture
-def signal_after_epoch(monkeypatch, request):
-    """Send this process a signal once epoch ``n`` is recorded, as a user or SLURM would."""
-
-    def arm(n: int, signum: int = signal.SIGTERM) -> None:
-        end_epoch = RunRecord.end_epoch
-        # As in a user's python process: Ctrl-C raises KeyboardInterrupt (a test worker's own
-        # process may have set SIGINT otherwise).
-        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-        request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
-
-        def end_epoch_then_signal(self, row, *args):
-            end_epoch(self, row, *args)
-            if row["epoch"] == n:
-                os.kill(os.getpid(), signum)
-
-        monkeypatch.setattr(RunRecord, "end_epoch", end_epoch_then_signal)
-
-    return arm
-
-
 def test_sigterm_stops_a_run_in_step_and_resume_ends_as_if_uninterrupted(
     cli, tmp_path, signal_after_epoch, monkeypatch
 ):

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from vitsweep.errors import ConfigError
-from vitsweep.report import comparison_table, row_from_run, to_markdown
+from vitsweep.report import comparison_table, pick_baseline, row_from_run, to_markdown
 from vitsweep.stats import compare, mean_interval
 
 
@@ -102,9 +102,18 @@ def test_the_baseline_can_be_any_row():
         table = comparison_table(runs, baseline=spec)
         assert list(table["baseline"]) == [False, True], spec
     with pytest.raises(ConfigError, match="matches no row"):
-        comparison_table(runs, baseline="performer")
+        pick_baseline(["attention=softmax", "attention=linear"], "performer")
     with pytest.raises(ConfigError, match="there are 2 rows"):
-        comparison_table(runs, baseline=3)
+        pick_baseline(["attention=softmax", "attention=linear"], 3)
+
+
+@pytest.mark.parametrize(("spec", "why"), [("performer", "matches no row"), (3, "there are 2")])
+def test_a_baseline_that_names_no_row_at_the_end_is_the_first_row_and_the_table_says_why(spec, why):
+    runs = _runs([("softmax", 0, 0.7), ("linear", 0, 0.6)])
+    table = comparison_table(runs, baseline=spec)
+    assert list(table["baseline"]) == [True, False]
+    assert any(why in note and "compared with the first row instead" in note
+               for note in table.attrs["notes"])  # fmt: skip
 
 
 def test_a_table_of_single_runs_says_n_1():

@@ -1,18 +1,26 @@
 """Hydra callbacks: what happens around a run or a multirun without anyone asking."""
 
 import atexit
-import signal
+import itertools
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from vitsweep.errors import ConfigError, raise_interrupt
+from vitsweep.errors import ConfigError
 from vitsweep.fields import check_fields
 from vitsweep.record import DONE
-from vitsweep.sweep import ReportSettings, claim_sweep, git_commit, without_resume
+from vitsweep.signals import SWEEP_PID, interrupt_on_sigterm, restore_sigterm
+from vitsweep.sweep import (
+    ReportSettings,
+    check_sweep_name,
+    claim_sweep,
+    git_commit,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,12 +31,19 @@ def _refuse(err: Exception) -> None:
 
 
 def sweep_grid(config: DictConfig) -> dict[str, Any]:
-    """What makes a sweep this sweep: its command line (less ``trainer.resume``) and the
-    sweeper's own parameters (an experiment's grid, an Optuna search space)."""
+    """What makes a sweep this sweep: its command line and the sweeper's own parameters (an
+    experiment's grid, an Optuna search space), less the settings a resume may change
+    (``trainer.resume``, ``trainer.progress``, ``report.*``, ...)."""
+    from vitsweep.job import may_differ_on_resume
+
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    overrides = [o for o in config.hydra.overrides.task
+                 if not may_differ_on_resume(o.split("=", 1)[0])]  # fmt: skip
     return {  # sorted: the same grid typed in another order is the same sweep
-        "overrides": sorted(without_resume(list(config.hydra.overrides.task))),
-        "params": {str(k): str(v) for k, v in sorted(params.items())},
+        "overrides": sorted(overrides),
+        "params": {
+            str(k): str(v) for k, v in sorted(params.items()) if not may_differ_on_resume(str(k))
+        },  # fmt: skip
     }
 
 
@@ -36,15 +51,21 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The override lists of the jobs Hydra's basic sweeper will launch: its own expansion of
-    the sweeper's parameters (an experiment's grid) and the command line."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
+    """The override lists of the jobs Hydra's basic sweeper will launch, in its order: the
+    sweeper's parameters (an experiment's grid), then the command line (which replaces a
+    parameter of the same key), each list of choices a factor of the product."""
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    factors: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise ConfigError(f"{key}: the basic sweeper takes lists of choices, not ranges")
+            factors[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            factors[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*factors.values())]
 
 
 def size_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
@@ -123,23 +144,29 @@ class ClaimDirectories(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         resume = OmegaConf.select(config, "trainer.resume", default=False) is True
         overrides = " ".join(config.hydra.overrides.task)
-        about = {
-            "name": config.sweep_name,
-            "command": f"python src/run.py -m {overrides}",
-            "commit": git_commit(ROOT),
-        }
         try:
+            about = {
+                "name": check_sweep_name(config.sweep_name),
+                "command": f"python src/run.py -m {overrides}",
+                "commit": git_commit(ROOT),
+            }
             claim_sweep(Path(config.hydra.sweep.dir), sweep_grid(config), resume, about)
         except ConfigError as err:
             _refuse(err)
+        # Jobs that a parallel launcher runs in worker processes stop when this one is gone.
+        os.environ[SWEEP_PID] = str(os.getpid())
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ.pop(SWEEP_PID, None)
 
 
 class ComparisonReport(Callback):
     """At the end of every multirun, collect its jobs' records into results/<sweep_name>/:
-    comparison.md, comparison.csv and the plots, and print the table. A sweep in which any job
-    did not complete exits with status 1, after the table; one whose table cannot be built
-    exits 1 with one line. A sweep stopped by Ctrl-C or SIGTERM writes the table of what it
-    has on the way out (and exits 130)."""
+    comparison.md, comparison.csv and the plots, and print the table. A bad ``report.*``
+    setting, a baseline that names no row of the grid included, stops the sweep before any
+    job. A sweep in which any job did not complete exits with status 1, after the table; one
+    whose table cannot be built exits 1 with one line. A sweep stopped by Ctrl-C or SIGTERM
+    writes the table of what it has on the way out (and exits 130)."""
 
     def __init__(self, results_dir: str = "results") -> None:
         self.results_dir = Path(results_dir)
@@ -152,14 +179,31 @@ class ComparisonReport(Callback):
         try:  # a bad report setting stops the sweep now, not after hours of training
             check_fields("report", ReportSettings, report)
             self.settings = ReportSettings(**report)
+            self.check_baseline(config)
         except ConfigError as err:
             _refuse(err)
         self.config = config
         atexit.register(self._report_on_exit)
-        try:  # between jobs too, SIGTERM stops the sweep as Ctrl-C does
-            self.previous_sigterm = signal.signal(signal.SIGTERM, raise_interrupt)
-        except ValueError:  # not the main thread
-            self.previous_sigterm = None
+        self.previous_sigterm = interrupt_on_sigterm()  # between jobs too
+
+    def check_baseline(self, config: DictConfig) -> None:
+        """The baseline must name one row of the table the grid will make: checked against
+        the jobs the basic sweeper will launch (another sweeper's rows are known only at the
+        end, where a baseline that names none is said in the table's notes)."""
+        if self.settings.baseline is None or (
+            OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER
+        ):
+            return
+        import pandas as pd
+
+        from vitsweep.report import label_runs, pick_baseline
+        from vitsweep.report.aggregate import varying_overrides
+        from vitsweep.report.read import parse_overrides
+
+        jobs = pd.DataFrame([{f"override:{k}": v for k, v in parse_overrides(job).items()}
+                             for job in sweep_jobs(config)])  # fmt: skip
+        keys = varying_overrides(jobs, sweep_grid(config))
+        pick_baseline(list(dict.fromkeys(label_runs(jobs, keys))), self.settings.baseline)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._stop_watching()
@@ -169,9 +213,8 @@ class ComparisonReport(Callback):
 
     def _stop_watching(self) -> None:
         atexit.unregister(self._report_on_exit)
-        if self.previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self.previous_sigterm)
-            self.previous_sigterm = None
+        restore_sigterm(self.previous_sigterm)
+        self.previous_sigterm = None
 
     def _report_on_exit(self) -> None:
         if self.config is not None:
@@ -200,7 +243,9 @@ class ComparisonReport(Callback):
             raise SystemExit(1) from None
         not_completed = int((~runs["status"].isin(DONE)).sum())
         print(
-            f"\n{table}\nComparison of {len(runs)} jobs ({not_completed} not completed) "
-            f"in {out_dir}/"
+            f"\n{table.attrs['headline']}\nComparison of {len(runs)} jobs ({not_completed} not "
+            f"completed) in {out_dir}/"
         )
+        for note in table.attrs["notes"]:
+            print(f"note: {note}", file=sys.stderr)
         return not_completed

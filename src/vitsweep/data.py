@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 
 from vitsweep.datasets import ImageSet
 from vitsweep.errors import require, require_each
+from vitsweep.record import free_on_resume
 
 
 class DeviceLoader:
@@ -154,12 +155,12 @@ class DataSettings:
     num_classes: int | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
-    root: str = "data"
+    root: str = free_on_resume("data")
     subset: int | None = None  # keep the first N images of each split
     crop_padding: int = 4  # random crop of the image zero-padded by this; 0: no crop
     flip: bool = True  # random horizontal flip (off for digits: a mirrored 2 is no 2)
     loader: str = "device"
-    workers: int = 0
+    workers: int = free_on_resume(0)
 
     def __post_init__(self) -> None:
         d, positive = self, "a positive integer"

@@ -1,10 +1,12 @@
-"""The two ways a run stops that are not bugs, and the one way to say what was wrong.
+"""The ways a run stops that are not bugs, and the one way to say what was wrong.
 
 ``ConfigError`` is a bad configuration or missing input: one line, no traceback, since it is
-the input that is wrong, not the code. ``Diverged`` is a non-finite loss.
+the input that is wrong, not the code. ``Diverged`` is a non-finite loss. ``WriteError`` is a
+record file that could not be written (a full disk, a directory made read-only): one line
+naming the file.
 """
 
-import signal
+from pathlib import Path
 from typing import Any
 
 
@@ -20,6 +22,17 @@ class Diverged(RuntimeError):
         self.step = step
 
 
+class WriteError(OSError):
+    """A file of the record could not be written; nothing half-written was left behind."""
+
+    def __init__(self, path: Path, err: OSError) -> None:
+        super().__init__(err.errno, f"cannot write {path}: {err.strerror or err}")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def require(ok: bool, field: str, value: Any, allowed: str) -> None:
     """Raise a one-line ``ConfigError`` naming the field, its value and what it may be."""
     if not ok:
@@ -30,8 +43,3 @@ def require_each(prefix: str, rules: list[tuple[str, Any, bool, str]]) -> None:
     """``require`` for a table of (field, value, ok, allowed) rules under one prefix."""
     for field, value, ok, allowed in rules:
         require(ok, f"{prefix}.{field}", value, allowed)
-
-
-def raise_interrupt(signum: int, frame: object) -> None:
-    """A signal handler that stops the program as Ctrl-C does (for SIGTERM: SLURM, kill)."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)

@@ -9,20 +9,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, WriteError
 
 
 def write_atomic(path: Path, content: str | Callable[[Path], object]) -> None:
     """Replace ``path`` in one step: write a hidden temporary file beside it, then rename it
     over ``path``. ``content`` is the text, or a function that writes a file at a given path
-    (``torch.save``, ``savefig``). A crash mid-write leaves the previous file whole."""
+    (``torch.save``, ``savefig``). A crash mid-write leaves the previous file whole; a write
+    that fails removes its temporary file and raises ``WriteError`` naming ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(content, str):
-        tmp.write_text(content)
-    else:
-        content(tmp)
-    os.replace(tmp, path)
+    try:
+        if isinstance(content, str):
+            tmp.write_text(content)
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only directory: nothing half-written stays
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise WriteError(path, err) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def slug(label: str) -> str:
@@ -46,7 +56,12 @@ class DirectoryLock:
 
     def acquire(self) -> None:
         self.created = not self.path.exists()
-        file = open(self.path, "a+")  # noqa: SIM115 (held open for as long as the lock)
+        try:
+            file = open(self.path, "a+")  # noqa: SIM115 (held open for as long as the lock)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot write the run directory {self.path.parent}: {err.strerror}"
+            ) from None
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -77,3 +92,19 @@ class DirectoryLock:
             fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
         self.file = None
+
+
+def lock_is_held(directory: Path) -> bool:
+    """Whether a live process holds ``directory``'s ``run.lock`` (nothing is created or
+    changed to find out)."""
+    try:
+        file = open(Path(directory) / "run.lock")  # noqa: SIM115
+    except OSError:
+        return False
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(file, fcntl.LOCK_UN)
+        return False

@@ -1,19 +1,22 @@
 """One job, from a composed config to a finished record.
 
-    with reported_failures(job) as outcome:        # failures become statuses and one line
-        record = outcome.claim(cfg)                # the run directory, or a refusal
+    with job_life(job) as life:                    # one try/except/finally for the whole job
+        record = life.claim(cfg)                   # the run directory, or a refusal
         if not record.done:
-            train(build(record.config), record, job)
+            train(life.build(record.config), record, job)
 
-``build`` checks every field against what reads it and builds every part (a bad config
-stops here, before data loads or W&B starts); ``train`` loads the data, starts the tracker and
-runs the loop. This is what ``src/run.py`` does for each run and each job of a multirun.
+``check`` reads every field against what consumes it, cheaply (nothing is built, no data is
+read); ``build`` then builds every part (a bad config stops here, before data loads or W&B
+starts); ``train`` loads the data, starts the tracker and runs the loop. ``job_life`` turns
+whatever stops a job into its record's status, one line for the user and an exit code, and
+releases the directory and the tracker at the end. This is what ``src/run.py`` does for each run
+and each job of a multirun.
 """
 
 import contextlib
+import dataclasses
 import logging
 import re
-import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -28,12 +31,13 @@ from omegaconf.errors import OmegaConfBaseException
 from vitsweep.data import DataSettings, build_loaders
 from vitsweep.datasets import ImageSet
 from vitsweep.device import device_label, resolve_device, resolve_precision
-from vitsweep.errors import ConfigError, Diverged, raise_interrupt, require
+from vitsweep.errors import ConfigError, Diverged, WriteError, require
 from vitsweep.fields import check_fields
 from vitsweep.measure import describe_model
 from vitsweep.models.vit import ATTENTION_ARGS, EMBEDDING_ARGS
-from vitsweep.record import RunRecord
-from vitsweep.sweep import ReportSettings, without_resume
+from vitsweep.record import RunRecord, free_on_resume
+from vitsweep.signals import OrphanWatch, sigterm_interrupts
+from vitsweep.sweep import ReportSettings, check_sweep_name, without_resume
 from vitsweep.train import TrainerSettings, build_optimizer, fit
 
 log = logging.getLogger("vitsweep.run")
@@ -62,13 +66,58 @@ class RunConfig:
     optim: dict[str, Any]
     device: dict[str, Any]
     data: dict[str, Any]
-    logger: dict[str, Any]
-    sweep_name: str | None = None
-    dry_run: bool = False  # list the jobs, sized, and run none (vitsweep.callbacks.DryRun)
-    report: dict[str, Any] | None = None  # how a sweep's table compares rows (ReportSettings)
+    logger: dict[str, Any] = free_on_resume()
+    sweep_name: str | None = free_on_resume()  # checked by the sweep itself
+    dry_run: bool = free_on_resume(False)  # list the jobs, sized, and run none
+    report: dict[str, Any] | None = free_on_resume()  # how a sweep's table compares rows
 
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        if self.sweep_name is not None:
+            check_sweep_name(self.sweep_name)
+
+
+BLOCKS = {"trainer": TrainerSettings, "data": DataSettings}  # blocks read by a dataclass
+# What the record adds to the config: the group choices (compared on resume), the command
+# line as typed and what was read from the data (neither of which changes the run).
+RECORDED = {"choices": False, "overrides": True, "from_data": True}
+
+
+def may_differ_on_resume(key: str) -> bool:
+    """Whether a dotted config key (``trainer.progress``, ``report.baseline``) is a setting a
+    resumed run may change: marked ``free_on_resume`` where it is declared."""
+    head, _, rest = key.lstrip("+~").partition(".")
+    if RECORDED.get(head, False):
+        return True
+    declared = {f.name: f for f in dataclasses.fields(RunConfig)}
+    if head in declared and declared[head].metadata.get("free_on_resume"):
+        return True
+    if head in BLOCKS and rest:
+        inner = {f.name: f for f in dataclasses.fields(BLOCKS[head])}
+        setting = inner.get(rest.split(".")[0])
+        return bool(setting and setting.metadata.get("free_on_resume"))
+    return False
+
+
+def compared(config: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a run to be resumed: the config less what may differ."""
+    kept = {k: v for k, v in config.items() if not may_differ_on_resume(k)}
+    for block in BLOCKS:
+        if isinstance(kept.get(block), dict):
+            kept[block] = {k: v for k, v in kept[block].items()
+                           if not may_differ_on_resume(f"{block}.{k}")}  # fmt: skip
+    return kept
+
+
+@dataclass
+class Checked:
+    """A config whose every field was checked against what reads it: the settings, and the
+    tracker (built: its constructor checks its own fields, and it starts nothing)."""
+
+    run: RunConfig
+    settings: TrainerSettings
+    data: DataSettings
+    tracker: Any
 
 
 @dataclass
@@ -98,9 +147,9 @@ def checked(path: str, node: Any, supplied: tuple[str, ...] = ()) -> Any:
     return target
 
 
-def build(config: dict[str, Any], job_num: int | None = None) -> Parts:
-    """Everything a bad config can break, before any data loads or W&B starts. ``job_num``:
-    the job's number in a multirun, which spreads ``device=cuda`` jobs over the GPUs."""
+def check(config: dict[str, Any]) -> Checked:
+    """Every field checked against the signature that reads it, and the settings' ranges;
+    nothing built, no data read, no device touched: cheap enough to run before a refusal."""
     config = {k: v for k, v in config.items() if k not in RECORDED}
     check_fields("", RunConfig, config)
     run = RunConfig(**config)
@@ -111,16 +160,23 @@ def build(config: dict[str, Any], job_num: int | None = None) -> Parts:
     ReportSettings(**(run.report or {}))
     settings, data = TrainerSettings(**run.trainer), DataSettings(**run.data)
     checked("data.source", data.source)
-    device = resolve_device(**run.device, job_num=job_num)
-    if device.type == "cuda":  # what allocates on "the current GPU" must use the job's
-        torch.cuda.set_device(device)
-    settings = replace(settings, precision=resolve_precision(settings.precision, device))
     checked("logger", run.logger)
-    tracker = instantiate(run.logger)
     checked("model.embedding", run.model.get("embedding"), supplied=EMBEDDING_ARGS)
     checked("model.attention", run.model.get("attention"), supplied=ATTENTION_ARGS)
     checked("model", run.model, supplied=tuple(data.model_sizes()))
     checked("optim", run.optim, supplied=("params",))
+    return Checked(run, settings, data, instantiate(run.logger))
+
+
+def build(config: dict[str, Any], job_num: int | None = None) -> Parts:
+    """Everything a bad config can break, before any data loads or W&B starts. ``job_num``:
+    the job's number in a multirun, which spreads ``device=cuda`` jobs over the GPUs."""
+    ok = check(config)
+    run, settings, data = ok.run, ok.settings, ok.data
+    device = resolve_device(**run.device, job_num=job_num)
+    if device.type == "cuda":  # what allocates on "the current GPU" must use the job's
+        torch.cuda.set_device(device)
+    settings = replace(settings, precision=resolve_precision(settings.precision, device))
     sets = None
     if data.sized_by_data:  # the model's sizes come from the data: read it now
         sets = data.load()
@@ -128,43 +184,35 @@ def build(config: dict[str, Any], job_num: int | None = None) -> Parts:
     torch.manual_seed(run.seed)
     model = instantiate(run.model, **data.model_sizes()).to(device)
     optimizer = build_optimizer(instantiate(run.optim), model, device)
-    return Parts(model, optimizer, settings, data, device, tracker, run.seed, sets)
+    return Parts(model, optimizer, settings, data, device, ok.tracker, run.seed, sets)
 
 
 def train(parts: Parts, record: RunRecord, job: JobInfo) -> None:
     """Size the model, then (unless ``trainer.epochs=0``) load the data, start the tracker
-    and train, recording every epoch."""
+    and train, recording every epoch. ``job_life`` records how it ends."""
     p = parts
+    settings = p.settings
+    if record.resume_state is not None and "precision" in record.summary:
+        # a resumed run goes on in the precision it trained in, whatever "auto" says now
+        settings = replace(settings, precision=record.summary["precision"])
     if p.sets is not None:  # what was read from the data, kept with the run's config
         record.note_from_data(p.data, p.sets[0].classes)
     image_shape = (p.data.channels, p.data.image_size, p.data.image_size)
     versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
-    record.update(device=device_label(p.device), precision=p.settings.precision, **versions,
+    record.update(device=device_label(p.device), precision=settings.precision, **versions,
                   **describe_model(p.model, image_shape))  # fmt: skip
-    if p.settings.epochs == 0:
+    if settings.epochs == 0:
         record.update(status="sized")
         return
     loaders = build_loaders(
-        p.data, p.settings.batch_size, p.settings.eval_batch_size, p.device, p.seed, p.sets
+        p.data, settings.batch_size, settings.eval_batch_size, p.device, p.seed, p.sets
     )  # p.sets: a data set the model was sized from is not read twice
     # A multirun's jobs share a W&B group (the sweep's name) and carry their overrides as
     # tags, so W&B groups them as the comparison table does.
     p.tracker.start(record.config, record.run_dir, job.name, job.sweep_name, job.overrides)
-    exit_code = 1
-    try:
-        record.update(status="running")
-        fit(p.model, *loaders, p.optimizer, p.settings, record, p.tracker, record.resume_state)
-        record.update(status="completed")
-        exit_code = 0
-    except BaseException as err:  # the status W&B is told is the one the record keeps
-        record.update(**failure_fields(err))
-        raise
-    finally:
-        p.tracker.summary(record.summary)
-        p.tracker.finish(exit_code)
-
-
-RECORDED = ("choices", "overrides", "from_data")  # what the record adds: no settings
+    record.update(status="running")
+    fit(p.model, *loaders, p.optimizer, settings, record, p.tracker, record.resume_state)
+    record.complete(settings.epochs)
 
 
 def recorded_config(cfg: DictConfig, job: JobInfo) -> dict[str, Any]:
@@ -182,66 +230,11 @@ def recorded_config(cfg: DictConfig, job: JobInfo) -> dict[str, Any]:
     return config | {"choices": job.choices, "sweep_name": job.sweep_name, "overrides": kept}
 
 
-class Outcome:
-    """What ``reported_failures`` hands its block: ``claim`` takes the run directory."""
-
-    def __init__(self, job: JobInfo) -> None:
-        self.job = job
-        self.record: RunRecord | None = None
-
-    def claim(self, cfg: DictConfig) -> RunRecord:
-        """The run directory, taken for this run; or a refusal (one line), nothing written."""
-        resume = OmegaConf.select(cfg, "trainer.resume", default=False)
-        require(isinstance(resume, bool), "trainer.resume", resume, "true or false")
-        config = recorded_config(cfg, self.job)
-        try:
-            record = RunRecord.claim(self.job.run_dir, config, resume)
-        except ConfigError as refusal:
-            if (bad_field := config_error_of(build, config)) is not None:
-                raise bad_field from None  # a bad field says more than "holds another run"
-            raise refusal from None
-        if record.done:  # skipped, but not with a bad field unsaid; its record stays as it is
-            if (bad_field := config_error_of(build, config)) is not None:
-                record.release()
-                raise bad_field from None
-            log.info("%s is already %s; skipped", self.job.run_dir, record.summary["status"])
-        self.record = record
-        return record
-
-    @property
-    def best_accuracy(self) -> float | None:
-        return None if self.record is None else self.record.summary.get("best_test_acc")
-
-
-def config_error_of(function: Any, *args: Any) -> ConfigError | None:
-    """The ConfigError that ``function(*args)`` raises, if any (other errors are not ours to
-    report here)."""
-    try:
-        function(*args)
-    except Exception as err:
-        return find_config_error(err)
-    return None
-
-
 def find_config_error(err: BaseException | None) -> ConfigError | None:
     """The ConfigError behind ``err``, also when Hydra's instantiate wrapped it."""
     while err is not None and not isinstance(err, ConfigError):
         err = err.__cause__
     return err
-
-
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Let SIGTERM (what SLURM and ``kill`` send) stop a run the way Ctrl-C does."""
-    try:
-        previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    except ValueError:  # not the main thread (a threaded launcher): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def failure_fields(err: BaseException) -> dict[str, Any]:
@@ -252,43 +245,109 @@ def failure_fields(err: BaseException) -> dict[str, Any]:
         return {"status": "diverged", "error": str(err), "diverged_step": err.step}
     if (config_error := find_config_error(err)) is not None:
         return {"status": "failed", "error": str(config_error)}
+    if isinstance(err, WriteError):
+        return {"status": "failed", "error": str(err)}
     return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
 
 
-def report_failure(err: BaseException, job: JobInfo, where: Path) -> None:
+def report_failure(err: BaseException, job: JobInfo, record: RunRecord | None) -> None:
     """Tell the user why a job stopped, and end the process where the policy says so:
-    an interrupt always (exit 130: the user asked to stop, sweep included); bad input (2),
-    divergence (1) and a bug (its traceback) only in a single run, as a sweep goes on."""
+    an interrupt always (exit 130: the user asked to stop, sweep included); bad input (2), a
+    record that cannot be written and divergence (1), and a bug (its traceback) only in a
+    single run, as a sweep goes on."""
+    where = record.run_dir if record is not None else job.run_dir
     if isinstance(err, KeyboardInterrupt):
         print(f"interrupted: the last finished epoch is saved in {where}; rerun the same "
               "command with trainer.resume=true to carry on", file=sys.stderr)  # fmt: skip
         raise SystemExit(130) from None
-    if isinstance(err, Diverged):
-        print(f"diverged: {err}", file=sys.stderr)
+    config_error = find_config_error(err)
+    if config_error is not None or isinstance(err, Diverged | WriteError):
+        epochs = record.summary.get("epochs_done", 0) if record is not None else 0
+        line = (
+            f"error: {config_error}" if config_error is not None
+            else f"diverged: {err}" if isinstance(err, Diverged)
+            else f"error: {err} (the record keeps epoch {epochs}; make room, then rerun with "
+                 "trainer.resume=true)"
+        )  # fmt: skip
+        print(line, file=sys.stderr)
         if not job.multirun:
-            raise SystemExit(1) from None
-    elif (config_error := find_config_error(err)) is not None:
-        print(f"error: {config_error}", file=sys.stderr)
-        if not job.multirun:
-            raise SystemExit(2) from None
+            raise SystemExit(2 if config_error is not None else 1) from None
     elif not job.multirun:
         raise err
     else:
         log.error("job failed; the sweep goes on", exc_info=err)
 
 
+class JobLife:
+    """What ``job_life`` hands its block: ``claim`` takes the run directory, ``build`` makes
+    the parts (and keeps the tracker, to be finished however the job ends)."""
+
+    def __init__(self, job: JobInfo) -> None:
+        self.job = job
+        self.record: RunRecord | None = None
+        self.tracker: Any = None
+
+    def claim(self, cfg: DictConfig) -> RunRecord:
+        """The run directory, taken for this run; or a refusal (one line), nothing written. A
+        finished run is skipped. Either way a bad field is said first (``check``: cheap)."""
+        resume = OmegaConf.select(cfg, "trainer.resume", default=False)
+        require(isinstance(resume, bool), "trainer.resume", resume, "true or false")
+        config = recorded_config(cfg, self.job)
+        try:
+            record = RunRecord.claim(self.job.run_dir, config, resume, compared)
+        except ConfigError:
+            check(config)  # a bad field says more than "holds another run"
+            raise
+        if record.done:  # skipped, but not with a bad field unsaid; its record stays as it is
+            try:
+                check(config)
+            finally:
+                record.release()
+            log.info("%s is already %s; skipped", self.job.run_dir, record.summary["status"])
+        self.record = record
+        return record
+
+    def build(self, config: dict[str, Any]) -> Parts:
+        parts = build(config, self.job.num)
+        self.tracker = parts.tracker
+        return parts
+
+    @property
+    def best_accuracy(self) -> float | None:
+        return None if self.record is None else self.record.summary.get("best_test_acc")
+
+    def fail(self, err: BaseException) -> None:
+        """Keep why the job stopped in its record, where the record can still be written."""
+        if self.record is None:
+            return
+        try:
+            self.record.update(**failure_fields(err))
+        except OSError as write_err:
+            log.warning("the run's status could not be recorded: %s", write_err)
+
+    def finish(self, ok: bool) -> None:
+        """Tell the tracker how the run ended and give the directory back."""
+        if self.tracker is not None and self.record is not None:
+            self.tracker.summary(self.record.summary)
+            self.tracker.finish(0 if ok else 1)
+        if self.record is not None:
+            self.record.release()
+
+
 @contextlib.contextmanager
-def reported_failures(job: JobInfo) -> Iterator[Outcome]:
-    """Record why a job stopped (``failure_fields``), tell the user and exit as
-    ``report_failure`` says, and release the run directory at the end, whatever happened."""
-    outcome = Outcome(job)
+def job_life(job: JobInfo) -> Iterator[JobLife]:
+    """A job's whole life in one try/except/finally: SIGTERM interrupts it as Ctrl-C does, a
+    worker whose sweep is gone stops; whatever stops it becomes its record's status
+    (``failure_fields``) and one line with an exit code (``report_failure``); the tracker and
+    the directory are released at the end, whatever happened."""
+    life, ok, orphan = JobLife(job), False, OrphanWatch()
     try:
-        with sigterm_interrupts():
-            yield outcome
+        with sigterm_interrupts(), orphan.watching():
+            yield life
+        ok = True
     except (KeyboardInterrupt, Exception) as err:
-        if outcome.record is not None:
-            outcome.record.update(**failure_fields(err))
-        report_failure(err, job, outcome.record.run_dir if outcome.record else job.run_dir)
+        life.fail(err)
+        report_failure(err, job, life.record)
     finally:
-        if outcome.record is not None:
-            outcome.record.release()
+        life.finish(ok)
+        orphan.exit_if_orphaned()  # a worker whose sweep is gone ends, its record written

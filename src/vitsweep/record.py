@@ -13,14 +13,12 @@ refused. Files are replaced atomically, and an epoch's history row and checkpoin
 with Ctrl-C and SIGTERM held back, so they always agree.
 """
 
-import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
-import signal
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +27,15 @@ import yaml
 from vitsweep.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from vitsweep.errors import ConfigError
 from vitsweep.files import DirectoryLock, write_atomic
+from vitsweep.signals import signals_held
 
 DONE = ("completed", "sized")  # a resumed run in one of these states has nothing left to do
 
 
-# Settings that do not change what a run computes, so a resume may differ in them: how it is
-# shown and logged, where its data lives, the command line it was typed as, its sweep's name
-# (checked by the sweep itself) and how that sweep's table is built.
-NOT_COMPARED = {
-    "trainer": {"resume", "progress", "log_every"},
-    "data": {"root", "workers"},
-    "": {"overrides", "logger", "sweep_name", "report", "dry_run", "from_data"},
-}
-
-
-def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """What must match for a run to be resumed: the config without ``NOT_COMPARED``."""
-    kept = {k: v for k, v in config.items() if k not in NOT_COMPARED[""]}
-    for block, keys in NOT_COMPARED.items():
-        if block and isinstance(kept.get(block), dict):
-            kept[block] = {k: v for k, v in kept[block].items() if k not in keys}
-    return kept
+def free_on_resume(default: Any = None) -> Any:
+    """A settings field that does not change what a run computes (how it is shown, logged or
+    reported, where its data lives): a resumed run or sweep may differ in it."""
+    return dataclasses.field(default=default, metadata={"free_on_resume": True})
 
 
 def differences(a: Any, b: Any, path: str = "") -> list[str]:
@@ -83,14 +69,6 @@ def summarise_history(history: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
-RENAMED = {"eval_s": "test_s", "eval_img_per_s": "test_img_per_s",
-           "eval_s_per_epoch": "test_s_per_epoch"}  # fmt: skip  # names before 0.2
-
-
-def with_current_names(row: dict[str, Any]) -> dict[str, Any]:
-    return {RENAMED.get(k, k): v for k, v in row.items()}
-
-
 def history_csv(history: list[dict[str, float]]) -> str:
     columns = list(dict.fromkeys(key for row in history for key in row))
     out = io.StringIO()
@@ -105,38 +83,22 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return []
     with open(path, newline="") as file:
         rows = csv.DictReader(file)
-        return [with_current_names({k: float(v) for k, v in r.items() if v != ""}) for r in rows]
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back for the duration; one that arrives is raised again right
-    after. (Python runs signal handlers in the main thread, whichever thread the OS delivered
-    the signal to, so swapping the handlers holds them back where masking would not.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {
-        sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in held
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if pending:
-            signal.raise_signal(pending[0])
+        return [{k: float(v) for k, v in r.items() if v != ""} for r in rows]
 
 
 class RunRecord:
     """A claimed run directory. Build one with ``RunRecord.claim``; ``release`` gives the
     directory (its lock and log file) back at the end."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        compared: Callable[[dict[str, Any]], dict[str, Any]] = dict,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.config = config
+        self.compared = compared  # what of a config must match for a resume
         self.history: list[dict[str, float]] = []
         self.summary: dict[str, Any] = {"status": "running"}
         self.resume_state: dict[str, Any] | None = None  # a checkpoint to carry on from
@@ -148,15 +110,25 @@ class RunRecord:
         return self.run_dir / "checkpoint.pt"
 
     @classmethod
-    def claim(cls, run_dir: Path, config: dict[str, Any], resume: bool) -> "RunRecord":
+    def claim(
+        cls,
+        run_dir: Path,
+        config: dict[str, Any],
+        resume: bool,
+        compared: Callable[[dict[str, Any]], dict[str, Any]] = dict,
+    ) -> "RunRecord":
         """Take ``run_dir`` for this run, or refuse with one line and leave it untouched.
 
         Without ``resume``, a directory that holds a run is refused. With it, the run must
-        have the same config; it carries on from its checkpoint, or is skipped if it is done.
+        have the same config (``compared(config)`` of both must match: the settings a resume
+        may change left out); it carries on from its checkpoint, or is skipped if it is done.
         A directory with nothing worth keeping (none, or a run that failed before training)
         is started afresh either way."""
-        record = cls(run_dir, config)
-        record.run_dir.mkdir(parents=True, exist_ok=True)
+        record = cls(run_dir, config, compared)
+        try:
+            record.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot write the run directory {run_dir}: {err.strerror}") from None
         record.lock.acquire()  # first: no other process can claim it while this one looks
         try:
             earlier = record._read_earlier()
@@ -199,7 +171,7 @@ class RunRecord:
                 f"{held}; add trainer.resume=true to continue it with the same "
                 "config, or choose a new directory"
             )
-        changed = differences(comparable(earlier["config"]), comparable(self.config))
+        changed = differences(self.compared(earlier["config"]), self.compared(self.config))
         if changed:
             shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
             raise ConfigError(
@@ -228,7 +200,7 @@ class RunRecord:
             if self.summary.get("status") not in DONE:
                 self.summary["status"] = "running"
         self.update()
-        self.log_handler = logging.FileHandler(self.run_dir / "run.log")
+        self.log_handler = RunLog(self.run_dir / "run.log")
         format_ = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
         self.log_handler.setFormatter(logging.Formatter(format_))
         logging.getLogger().addHandler(self.log_handler)
@@ -248,28 +220,40 @@ class RunRecord:
         self.summary.update(fields)
         write_atomic(self.run_dir / "summary.json", json.dumps(self.summary, indent=2) + "\n")
 
+    def _write_history(self, history: list[dict[str, float]]) -> None:
+        write_atomic(self.run_dir / "history.csv", history_csv(history))
+        self.history = history
+        self.update(**summarise_history(history))
+
     def end_epoch(self, row: dict[str, float], model, optimizer, scheduler, loader) -> None:
-        """The epoch's history row, summary and checkpoint, written as one: an interrupt
-        that arrives meanwhile lands after all three."""
+        """The epoch's checkpoint, history row and summary, written as one: an interrupt
+        that arrives meanwhile lands after all three. The checkpoint (the largest file) goes
+        first, so a disk that fills up mid-write leaves the previous epoch whole everywhere;
+        and the checkpoint, holding the history too, is what a resume carries on from."""
+        history = [*self.history, row]
         with signals_held():
-            self.history.append(row)
-            write_atomic(self.run_dir / "history.csv", history_csv(self.history))
-            self.update(**summarise_history(self.history))
             save_checkpoint(
-                self.checkpoint_path,
-                int(row["epoch"]),
-                model,
-                optimizer,
-                scheduler,
-                loader,
-                self.history,
-            )
+                self.checkpoint_path, int(row["epoch"]), model, optimizer, scheduler, loader,
+                history,
+            )  # fmt: skip
+            self._write_history(history)
 
     def restore(self, state: dict[str, Any], model, optimizer, scheduler, loader) -> int:
-        """Carry on from a checkpoint: every state, and the history up to its epoch."""
+        """Carry on from a checkpoint: every state, and the history up to its epoch, written
+        again (history.csv and the summary's numbers, whatever became of them)."""
         epoch = restore_checkpoint(state, model, optimizer, scheduler, loader)
-        self.history = [with_current_names(row) for row in state["history"]]
+        self._write_history(list(state["history"]))
         return epoch
+
+    def complete(self, epochs: int) -> None:
+        """Mark the run completed: only with the numbers of all its ``epochs``."""
+        done = self.summary.get("epochs_done")
+        if done != epochs or self.summary.get("best_test_acc") is None:
+            raise RuntimeError(
+                f"{self.run_dir}: training ended after epoch {done} of {epochs} "
+                "without its numbers; not marked completed"
+            )
+        self.update(status="completed")
 
     def release(self) -> None:
         if self.log_handler is not None:
@@ -277,3 +261,17 @@ class RunRecord:
             self.log_handler.close()
             self.log_handler = None
         self.lock.release()
+
+
+class RunLog(logging.FileHandler):
+    """run.log. Once a line cannot be written (a full disk), the file is not tried again and
+    no traceback is printed: the run goes on, or stops with its own one line."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        self.broken = True

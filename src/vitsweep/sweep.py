@@ -8,6 +8,7 @@ again only to finish that same grid (``trainer.resume=true``); another grid is r
 import os
 import platform
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +35,30 @@ class ReportSettings:
 
 def without_resume(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.lstrip("+~").startswith("trainer.resume=")]
+
+
+def check_sweep_name(name: Any) -> str:
+    """A sweep's name is one path component: it names a folder under multirun/ and results/,
+    and must never reach outside them."""
+    text = str(name)
+    ok = text not in ("", ".", "..") and not any(c in text for c in "/\\\0")
+    require(ok, "sweep_name", name, "a single folder name (no '/', no '..')")
+    return text
+
+
+def grid_change(earlier: dict[str, Any], grid: dict[str, Any]) -> str:
+    """What differs between two sweeps' grids, in words."""
+    changes = []
+    for part in ("overrides", "params"):
+        old, new = earlier.get(part) or [], grid.get(part) or []
+        if isinstance(old, dict) or isinstance(new, dict):
+            old = [f"{k}={v}" for k, v in dict(old).items()]
+            new = [f"{k}={v}" for k, v in dict(new).items()]
+        gone = [o for o in old if o not in new]
+        added = [o for o in new if o not in old]
+        changes += [f"without {' '.join(gone)}"] if gone else []
+        changes += [f"with {' '.join(added)}"] if added else []
+    return "; ".join(changes) or "another grid"
 
 
 def git_commit(repo: Path) -> str:
@@ -75,7 +100,8 @@ def claim_sweep(
             raise ConfigError(f"{record_path} cannot be read; {ways}")
         if earlier.get("grid") != grid:
             command = earlier.get("command", "another command")
-            raise ConfigError(f"{where} another sweep ({command}); {ways}")
+            change = grid_change(earlier.get("grid") or {}, grid)
+            raise ConfigError(f"{where} another sweep ({command}): this one is {change}; {ways}")
         name = about.get("name")
         if name is not None and earlier.get("name") not in (None, name):
             raise ConfigError(f"{where} the sweep named {earlier['name']!r}; add "
@@ -84,12 +110,15 @@ def claim_sweep(
             raise ConfigError(
                 f"{where} this sweep already; add trainer.resume=true to finish it, or {ways}"
             )
+        check_writable(sweep_dir)
         return earlier
     if holds_jobs(sweep_dir) and not resume:
         raise ConfigError(
             f"{where} an earlier sweep; add trainer.resume=true to finish it "
             f"with the same command, or {ways}"
         )
+    if sweep_dir.exists():
+        check_writable(sweep_dir)
     record = {
         "grid": grid,
         **about,
@@ -106,6 +135,16 @@ def claim_sweep(
     except OSError as err:
         raise ConfigError(f"cannot write the sweep directory {sweep_dir}: {err.strerror}") from None
     return record
+
+
+def check_writable(directory: Path) -> None:
+    """Refuse, in one line, a directory this process cannot write into (and so cannot resume
+    its jobs in), before any job starts."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write the sweep directory {directory}: {err.strerror}") from None
 
 
 def read_sweep_record(sweep_dir: Path) -> dict[str, Any]:

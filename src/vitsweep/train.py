@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vitsweep.device import synchronize
+from vitsweep.device import resolve_precision, synchronize
 from vitsweep.errors import ConfigError, Diverged, require, require_each
 from vitsweep.measure import PeakMemory
+from vitsweep.record import free_on_resume
 
 log = logging.getLogger(__name__)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # a DeviceLoader or a DataLoader
@@ -36,16 +37,16 @@ class TrainerSettings:
     batch_size: int = 128
     micro_batch_size: int | None = None  # split each batch (same gradient; faster on CPU)
     eval_batch_size: int = 512
-    precision: str = "auto"  # auto (bf16 where the device is faster in it) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 on CUDA GPUs from Ampere on, else fp32) | fp32 | bf16
     compile: bool = False  # torch.compile the model
     label_smoothing: float = 0.1
     warmup_epochs: float = 0
     min_lr_ratio: float = 0.01
     grad_clip: float | None = None  # clip the gradient norm to this
     eval_interval: int = 1
-    log_every: int = 10
-    progress: bool = True
-    resume: bool = False  # continue from the run directory's checkpoint
+    log_every: int = free_on_resume(10)
+    progress: bool = free_on_resume(True)
+    resume: bool = free_on_resume(False)  # continue from the run directory's checkpoint
 
     def __post_init__(self) -> None:
         s, positive, optional = self, "a positive integer", "a positive integer or null"
@@ -99,9 +100,9 @@ def cosine_schedule(
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast (fp32 master weights) for ``bf16``, and for ``auto`` on CUDA (a run
-    resolves ``auto`` for its device first: ``vitsweep.device.resolve_precision``)."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """bf16 autocast (fp32 master weights) where ``precision`` is, or resolves to, bf16
+    (``vitsweep.device.resolve_precision``)."""
+    use_bf16 = resolve_precision(precision, device) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 

@@ -42,7 +42,8 @@ def plot_curves(
 
     fig, ax = _pyplot().subplots(figsize=(7, 4.2))
     if len(curves) and column in curves:
-        data = curves.dropna(subset=[column]).assign(label=curves["run"].map(labels))
+        data = curves.dropna(subset=[column])
+        data = data.assign(label=data["run"].map(labels))
         for label, group in data.groupby("label", sort=False):
             by_epoch = group.groupby("epoch")[column]
             mean = by_epoch.mean() * scale

@@ -1,0 +1,162 @@
+"""From runs to rows: one row per configuration, its seeds combined, compared with a baseline.
+
+Rows are named by the overrides that vary across the sweep (the seed left out: seeds are the
+samples a row aggregates). What the table cannot be sure of is never dropped in silence: it is
+listed in ``table.attrs["notes"]`` and printed with the table.
+"""
+
+from typing import Any
+
+import pandas as pd
+
+from vitsweep.errors import ConfigError
+from vitsweep.record import DONE
+from vitsweep.report.columns import columns
+from vitsweep.stats import compare, mean_interval
+
+EVERY_JOB = "all jobs"  # the one row's name when nothing but the seed varies
+
+
+def varying_overrides(runs: pd.DataFrame, grid: dict[str, Any] | None = None) -> list[str]:
+    """Override keys whose value differs between jobs, in command-line order, and the keys
+    the sweep's grid sweeps (so a partial sweep's rows are still named by them); never the
+    seed."""
+    keys = [c.removeprefix("override:") for c in runs.columns if c.startswith("override:")]
+    swept = [o.split("=", 1)[0].lstrip("+~") for o in (grid or {}).get("overrides", []) if "," in o]
+    swept += list((grid or {}).get("params", {}))
+    varying = [k for k in keys if runs[f"override:{k}"].nunique(dropna=False) > 1]
+    named = varying + [k for k in dict.fromkeys(swept) if k in keys and k not in varying]
+    return [k for k in named if k != "seed"]
+
+
+def label_runs(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Name each run by the choices that vary; with none, every run is one row."""
+    if not keys:
+        return pd.Series(EVERY_JOB, index=runs.index)
+    parts = [k + "=" + runs[f"override:{k}"].fillna("?").astype(str) for k in keys]
+    return pd.concat(parts, axis=1).agg(" ".join, axis=1)
+
+
+def _status(statuses: pd.Series) -> str:
+    if statuses.nunique() == 1:
+        return str(statuses.iloc[0])
+    return f"{statuses.isin(DONE).sum()}/{len(statuses)} completed"
+
+
+def _joined(values: pd.Series) -> str | None:
+    return "; ".join(sorted({str(v) for v in values.dropna()})) or None
+
+
+def _accuracy(group: pd.DataFrame, confidence: float) -> dict[str, Any]:
+    """n, the interval of best top-1 and the per-seed values of a row's completed runs."""
+    scored = group[group["status"].isin(DONE)].dropna(subset=["best_top1"])
+    interval = mean_interval(list(scored["best_top1"]), confidence)
+    seeds = scored["seed"].fillna(-1).astype(int)
+    # Two runs of one seed in a row differ in something the table does not name: keep both,
+    # keyed by run, so that nothing pairs them with another row's seeds.
+    keys = seeds if seeds.is_unique else scored["run"]
+    return {"n": interval.n, "best_top1_low": interval.low, "best_top1_high": interval.high,
+            "per_seed": dict(zip(keys, scored["best_top1"]))}  # fmt: skip
+
+
+def aggregate(runs: pd.DataFrame, keys: list[str], confidence: float) -> pd.DataFrame:
+    """One row per configuration: the runs that differ only in seed, each ``Column`` combined
+    as it declares (means and standard deviations over the runs that completed), with a
+    t-interval of best top-1."""
+    labelled = runs.assign(label=label_runs(runs, keys))
+    done = labelled[labelled["status"].isin(DONE)]
+    groups = labelled.groupby("label", sort=False)
+    table = groups.first()  # identity columns and sizes: the first run's
+    table["status"] = groups["status"].agg(_status)
+    for column in columns():
+        if column.combine == "mean":
+            values = done[[column.name]].apply(pd.to_numeric, errors="coerce")
+            stats = values.groupby(done["label"], sort=False)[column.name].agg(["mean", "std"])
+            table[column.name] = stats["mean"].reindex(table.index)
+            table[f"{column.name}_std"] = stats["std"].reindex(table.index)
+        elif column.combine == "each":
+            table[column.name] = groups[column.name].agg(_joined)
+        else:  # the first run that has it (a failed run may lack its size)
+            table[column.name] = groups[column.name].first()
+    sure = pd.DataFrame([_accuracy(g, confidence) for _, g in groups], index=table.index)
+    return table.join(sure).reset_index()
+
+
+def notes_on(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """What a reader must know to trust the table, in words."""
+    notes = list(runs.attrs.get("notes", []))
+    empty = runs[runs["status"].isin(DONE) & (runs["status"] != "sized")]
+    for run in empty[empty["best_top1"].isna()]["run"]:
+        notes.append(f"{run} says completed but holds no test accuracy: left out of its row "
+                     "(rerun it with trainer.resume=true)")  # fmt: skip
+    labelled = runs.assign(label=label_runs(runs, list(table.attrs.get("keys", []))))
+    for label, group in labelled[labelled["status"].isin(DONE)].groupby("label", sort=False):
+        repeated = group["seed"][group["seed"].duplicated()].dropna().unique()
+        if len(repeated):
+            notes.append(f"row {label!r} holds {len(group)} runs with repeated seed(s) "
+                         f"{', '.join(map(str, repeated))}: they differ in something the "
+                         "table does not name; compared unpaired")  # fmt: skip
+    precisions = sorted({str(p) for p in runs["precision"].dropna()})
+    if len(precisions) > 1:
+        notes.append(f"the runs were trained in different precisions ({', '.join(precisions)}): "
+                     "see the precision column before comparing rows")  # fmt: skip
+    return notes
+
+
+def pick_baseline(labels: list[str], spec: int | str | None) -> int:
+    """The baseline row's position: the first row, a 1-based row number, or the one row whose
+    label has every ``key=value`` (or value) given, e.g. "attention=softmax embedding=patch"."""
+    if spec is None or spec == "":
+        return 0
+    if isinstance(spec, int) or str(spec).isdigit():
+        if 1 <= int(spec) <= len(labels):
+            return int(spec) - 1
+        raise ConfigError(f"report.baseline={spec}: there are {len(labels)} rows")
+    wanted = str(spec).replace(",", " ").split()
+    matches = [i for i, label in enumerate(labels)
+               if all(w in label.split() or w in [p.split("=")[-1] for p in label.split()]
+                      for w in wanted)]  # fmt: skip
+    if len(matches) != 1:
+        found = "no row" if not matches else f"{len(matches)} rows"
+        raise ConfigError(f"report.baseline={spec!r} matches {found}; rows: {'; '.join(labels)}")
+    return matches[0]
+
+
+def add_comparisons(table: pd.DataFrame, baseline: int, confidence: float) -> pd.DataFrame:
+    """Each row's difference in best top-1 against the baseline row, with its interval and
+    p-value (paired by seed where both ran the same seeds, Welch otherwise)."""
+    reference = table["per_seed"].iloc[baseline]
+    found = [compare(reference, per_seed, confidence) for per_seed in table["per_seed"]]
+    alpha = 1 - confidence
+    return table.assign(
+        baseline=[i == baseline for i in range(len(table))],
+        diff_best_top1=[d.diff for d in found],
+        diff_low=[d.low for d in found],
+        diff_high=[d.high for d in found],
+        p_value=[d.p for d in found],
+        test=[d.test for d in found],
+        significant=[d.p < alpha for d in found],
+    )
+
+
+def comparison_table(
+    runs: pd.DataFrame,
+    baseline: int | str | None = None,
+    confidence: float = 0.95,
+    keys: list[str] | None = None,
+) -> pd.DataFrame:
+    """The sweep's table: one row per configuration (its seeds aggregated; ``keys`` name the
+    rows, by default the overrides that vary), compared with the baseline row. A baseline
+    that names no row (or several) is said in the notes, and the first row is used."""
+    keys = varying_overrides(runs) if keys is None else keys
+    table = aggregate(runs, keys, confidence)
+    table.attrs["keys"] = keys
+    notes = notes_on(runs, table)
+    try:
+        position = pick_baseline(list(table["label"]), baseline)
+    except ConfigError as err:
+        notes.append(f"{err}; compared with the first row instead")
+        position = 0
+    table = add_comparisons(table, position, confidence)
+    table.attrs |= {"keys": keys, "notes": notes, "confidence": confidence}
+    return table

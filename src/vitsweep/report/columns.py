@@ -1,0 +1,107 @@
+"""The table's columns, each declared once: where its value comes from in a run's record, how
+the seeds of a row combine, how it is written, and whether the headline shows it.
+
+A new metric is one ``Column`` here: reading, aggregating, the markdown and CSV tables all
+follow this list (tests/test_report.py proves it with a throwaway column).
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Record = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the comparison table.
+
+    ``value(config, summary)`` reads it from a run's record (its resolved config and its
+    summary.json, or the same two from W&B). ``combine`` says how the seeds of one row make one
+    cell: ``mean`` (mean ± std over the seeds that completed), ``first`` (the same for every
+    seed: a size), or ``each`` (the distinct values, joined). ``only_if_varies``: shown only
+    when the rows differ in it (a table of one precision needs no precision column)."""
+
+    name: str
+    heading: str
+    value: Callable[[Record, Record], Any]
+    combine: str = "first"
+    fmt: str = "{}"
+    headline: bool = False
+    only_if_varies: bool = False
+
+
+def from_summary(key: str, scale: float = 1.0) -> Callable[[Record, Record], Any]:
+    def read(config: Record, summary: Record) -> Any:
+        value = summary.get(key)
+        return value * scale if isinstance(value, int | float) and scale != 1.0 else value
+
+    return read
+
+
+def from_config(*path: str) -> Callable[[Record, Record], Any]:
+    def read(config: Record, summary: Record) -> Any:
+        node: Any = config
+        for key in path:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        return node
+
+    return read
+
+
+def epoch_seconds(config: Record, summary: Record) -> float | None:
+    """Train and test seconds of an epoch together (nanovit's "time per epoch")."""
+    train_s, test_s = summary.get("train_s_per_epoch"), summary.get("test_s_per_epoch")
+    return None if train_s is None else train_s + (test_s or 0.0)
+
+
+# In table order: the columns that describe the model, then what each run measured.
+COLUMNS = [
+    Column("embedding", "feature extraction", from_config("choices", "embedding")),
+    Column("attention", "attention", from_config("choices", "attention")),
+    Column("image_size", "image size", from_config("data", "image_size"), fmt="{:.0f}"),
+    Column("dim", "dim", from_config("model", "dim"), fmt="{:.0f}"),
+    Column(
+        "patch_size", "patch size", from_config("model", "embedding", "patch_size"), fmt="{:.0f}"
+    ),  # fmt: skip
+    Column("tokens", "tokens", from_summary("tokens"), fmt="{:.0f}"),
+    Column("heads", "heads", from_config("model", "heads"), fmt="{:.0f}"),
+    Column("blocks", "blocks", from_config("model", "depth"), fmt="{:.0f}"),
+    Column("params", "parameters", from_summary("params"), fmt="{:,.0f}", headline=True),
+    Column(
+        "gflops_per_image",
+        "GFLOPs/img",
+        from_summary("flops_per_image", 1e-9),
+        fmt="{:.3g}",
+        headline=True,
+    ),  # fmt: skip
+    Column(
+        "best_top1",
+        "best top-1 %",
+        from_summary("best_test_acc", 100),
+        "mean",
+        "{:.2f}",
+        headline=True,
+    ),  # fmt: skip
+    Column("final_top1", "final top-1 %", from_summary("final_test_acc", 100), "mean", "{:.2f}"),
+    Column("time_per_epoch_s", "s/epoch", epoch_seconds, "mean", "{:.2f}"),
+    Column(
+        "train_s_per_epoch",
+        "train s/epoch",
+        from_summary("train_s_per_epoch"),
+        "mean",
+        "{:.2f}",
+        headline=True,
+    ),  # fmt: skip
+    Column("test_s_per_epoch", "test s/epoch", from_summary("test_s_per_epoch"), "mean", "{:.2f}"),
+    Column("train_img_per_s", "train img/s", from_summary("train_img_per_s"), "mean", "{:.0f}"),
+    Column("peak_mem_mb", "peak MB", from_summary("peak_mem_mb"), "mean", "{:.0f}"),
+    Column("epochs_done", "epochs", from_summary("epochs_done"), fmt="{:.0f}"),
+    Column("precision", "precision", from_summary("precision"), "each", only_if_varies=True),
+    Column("device", "device", from_summary("device"), "each"),
+]
+
+
+def columns() -> list[Column]:
+    """The table's columns (a function, so that a test can extend the list for one test)."""
+    return list(COLUMNS)

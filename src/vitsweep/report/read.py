@@ -1,0 +1,162 @@
+"""Reading a sweep's runs into one DataFrame: from the jobs' local run records, or from W&B.
+
+Both sources become the same columns (``row_from_run``): who the run is (its directory or W&B
+name, status, overrides, seed), then every ``Column`` of vitsweep.report.columns. The curves are
+the per-epoch histories, one frame for all runs.
+"""
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from vitsweep.files import lock_is_held
+from vitsweep.report.columns import columns
+from vitsweep.sweep import check_sweep_name, read_sweep_record
+
+
+def sweep_name(sweep_dir: str | os.PathLike, runs: pd.DataFrame | None = None) -> str:
+    """A sweep's name: the ``sweep_name`` its record (or its jobs) kept, else its directory's.
+    A name that is not a single folder name is refused (it names a folder under results/)."""
+    name = read_sweep_record(Path(sweep_dir)).get("name")
+    if not name and runs is not None and "sweep_name" in runs:
+        name = next(iter(runs["sweep_name"].dropna()), None)
+    return check_sweep_name(name or Path(sweep_dir).resolve().name)
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
+    """['attention=softmax', '+seed=1'] -> {'attention': 'softmax', 'seed': '1'}, read by
+    Hydra's own override parser (a quoted value may hold '=' and spaces)."""
+    overrides = [o for o in overrides if "=" in o]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # not Hydra's syntax (hand-made tags): key=value as written
+        return dict(o.lstrip("+~").split("=", 1) for o in overrides)
+    return {o.key_or_group: str(o.value()) for o in parsed}
+
+
+def row_from_run(
+    config: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    overrides: Iterable[str],
+    run_id: str,
+) -> dict[str, Any]:
+    """One table row from what every run records, whichever source it came from."""
+    identity = {
+        "run": run_id,
+        "status": summary.get("status", "missing"),
+        **{f"override:{k}": v for k, v in parse_overrides(overrides).items()},
+        "model": config.get("choices", {}).get("model"),
+        "data": config.get("data", {}).get("name"),
+        "seed": config.get("seed"),
+        "sweep_name": config.get("sweep_name"),
+        "torch": summary.get("torch"),
+        "cuda": summary.get("cuda"),
+        "error": summary.get("error"),
+    }
+    return identity | {c.name: c.value(config, summary) for c in columns()}
+
+
+def _read(path: Path, parse: Any) -> Any:
+    """A record file's content, None when absent, or an exception when it is not readable."""
+    if not path.exists():
+        return None
+    try:
+        return parse(path.read_text())
+    except Exception as err:
+        return err
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Every job's directory under a sweep (a directory with a run record), in job order."""
+    found = {p.parent for name in ("config.yaml", "summary.json") for p in sweep_dir.rglob(name)}
+    found = {p for p in found if p != sweep_dir and "wandb" not in p.parts}
+    return sorted(found, key=lambda p: [int(s) if s.isdigit() else s for s in p.parts])
+
+
+def read_job(job: Path, run_id: str) -> dict[str, Any]:
+    """One job's row. A summary that is absent shows as ``missing``, one that cannot be read
+    as ``unreadable``, and one that still says ``running`` while no process holds the
+    directory as ``stopped`` (killed, or its last writes failed)."""
+    config = _read(job / "config.yaml", yaml.safe_load)
+    summary = _read(job / "summary.json", json.loads)
+    problems = [
+        f"{name} cannot be read ({content})"
+        for name, content in (("config.yaml", config), ("summary.json", summary))
+        if content is not None and not isinstance(content, dict)
+    ]
+    config = config if isinstance(config, dict) else {}
+    summary = summary if isinstance(summary, dict) else {}
+    if problems:
+        summary = {"status": "unreadable", "error": "; ".join(problems)}
+    elif summary.get("status") == "running" and not lock_is_held(job):
+        stale = "its record says running, but no process holds it (killed, or a write failed)"
+        summary = summary | {"status": "stopped", "error": stale}
+    overrides = config.get("overrides")
+    return row_from_run(config, summary, overrides if isinstance(overrides, list) else [], run_id)
+
+
+def read_curve(path: Path, run_id: str) -> pd.DataFrame | str:
+    """A job's history.csv as numbers, or why it cannot be read (a truncated or damaged file
+    gives no curve, and the table says so)."""
+    if not path.exists():
+        return pd.DataFrame()
+    try:
+        history = pd.read_csv(path)
+        if "epoch" not in history or history.empty:
+            raise ValueError("no epoch column")
+        history = history.apply(pd.to_numeric, errors="coerce").dropna(subset=["epoch"])
+    except Exception as err:
+        return f"{run_id}: history.csv cannot be read ({type(err).__name__}); no curve drawn"
+    return history.assign(run=run_id)
+
+
+def load_sweep(sweep_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows and per-epoch curves of every job under ``sweep_dir``. What could not be read is
+    listed in ``runs.attrs["notes"]``."""
+    sweep_dir = Path(sweep_dir)
+    rows, curves, notes = [], [], []
+    for job in job_dirs(sweep_dir):
+        run_id = str(job.relative_to(sweep_dir))
+        rows.append(read_job(job, run_id))
+        curve = read_curve(job / "history.csv", run_id)
+        if isinstance(curve, str):
+            notes.append(curve)
+        elif len(curve):
+            curves.append(curve)
+    runs = pd.DataFrame(rows)
+    runs.attrs["notes"] = notes
+    return runs, pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+
+
+def load_wandb(path: str, group: str, api: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows and curves of every W&B run in ``group`` of ``path`` ("entity/project")."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    runs = list(api.runs(path, filters={"group": group}))
+    return frame_from_wandb_runs(runs)
+
+
+def frame_from_wandb_runs(runs: Iterable[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The adapter from W&B run objects (config, summary, tags, history) to the table's
+    schema. The summary holds the run record's summary; the tags hold the job's overrides;
+    per-epoch metrics are logged under the history's own names."""
+    rows, curves = [], []
+    for run in runs:
+        summary = {k: v for k, v in dict(run.summary).items() if not k.startswith("_")}
+        if summary.get("status") in (None, "running") and run.state in ("failed", "crashed"):
+            summary["status"] = "failed"
+        rows.append(row_from_run(dict(run.config), summary, run.tags, run.name))
+        history = run.history(keys=["epoch", "test_acc", "train_s"], pandas=True)
+        if len(history):
+            curves.append(history.assign(run=run.name))
+    runs_frame = pd.DataFrame(rows)
+    runs_frame.attrs["notes"] = []
+    return runs_frame, pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()

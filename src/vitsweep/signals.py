@@ -1,0 +1,123 @@
+"""Every signal vitsweep handles, in one place.
+
+- ``sigterm_interrupts``: SIGTERM (what SLURM and ``kill`` send) stops a run or a sweep the way
+  Ctrl-C does, as a ``KeyboardInterrupt`` whose message names the signal.
+- ``signals_held``: Ctrl-C and SIGTERM wait while an epoch's files are written, so the history
+  row, the summary and the checkpoint always agree.
+- ``OrphanWatch``: a job running in a worker process of a parallel launcher (joblib) stops
+  itself, as if interrupted, when the sweep's main process is gone (killed with ``kill -9``,
+  say), instead of training on for nobody; then the worker ends.
+
+Python runs signal handlers in the main thread only, so each of these leaves signals alone
+when it is entered from another thread.
+"""
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+SWEEP_PID = "VITSWEEP_SWEEP_PID"  # the main process of a running sweep, for its workers
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    """A signal handler that stops the program as Ctrl-C does."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def interrupt_on_sigterm() -> Any:
+    """From now on, SIGTERM interrupts as Ctrl-C does; returns the handler it replaced, for
+    ``restore_sigterm`` (None off the main thread, where nothing was changed)."""
+    if not _in_main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+def restore_sigterm(previous: Any) -> None:
+    if previous is not None and _in_main_thread():
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Let SIGTERM stop the block the way Ctrl-C does; the previous handler comes back after."""
+    previous = interrupt_on_sigterm()
+    try:
+        yield
+    finally:
+        restore_sigterm(previous)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back for the duration; one that arrives is raised again right
+    after. (Swapping the handlers holds them back where masking would not: Python runs the
+    handler in the main thread whichever thread the OS delivered the signal to.)"""
+    if not _in_main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in held
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+class OrphanWatch:
+    """In a worker process of a sweep (its main process named in ``VITSWEEP_SWEEP_PID``, set
+    by the sweep before it launches jobs): once that main process is gone, or this one was
+    handed to another parent, interrupt the job (SIGTERM to this process), and once the job
+    has recorded that, end the worker (``exit_if_orphaned``), which nobody will give work to
+    again. In the sweep's own process, nothing."""
+
+    def __init__(self, poll_s: float = 1.0) -> None:
+        self.poll_s = poll_s
+        self.orphaned = False
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        sweep_pid = int(os.environ.get(SWEEP_PID, "0") or 0)
+        if sweep_pid in (0, os.getpid()) or not _in_main_thread():
+            yield
+            return
+        parent, done = os.getppid(), threading.Event()
+
+        def watch() -> None:
+            while not done.wait(self.poll_s):
+                if not _alive(sweep_pid) or os.getppid() != parent:
+                    self.orphaned = True
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+
+        threading.Thread(target=watch, name="vitsweep-orphan-watch", daemon=True).start()
+        try:
+            yield
+        finally:
+            done.set()
+
+    def exit_if_orphaned(self) -> None:
+        if self.orphaned:
+            os._exit(130)  # the worker's pool is gone with its sweep: nothing to return to
