@@ -31,14 +31,17 @@ from vitsweep.data import DeviceLoader, torchvision_loader
 from vitsweep.datasets import ImageSet
 from vitsweep.device import device_label, matmul_seconds, resolve_device, resolve_precision
 from vitsweep.files import slug
-from vitsweep.measure import PeakMemory, describe_model
+from vitsweep.measure import describe_model, training_step_peak_mb
 from vitsweep.tracking import NullTracker
 from vitsweep.train import (
+    PassMeter,
     TrainerSettings,
     build_optimizer,
     cosine_schedule,
     evaluate,
+    to_device,
     train_one_epoch,
+    training_step,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,13 +108,24 @@ class Contender:
         self.optimizer = build_optimizer(partial(torch.optim.AdamW, lr=1e-3), self.model, device)
         self.schedule = cosine_schedule(self.optimizer, 10**6, 0, 0.01)
         self.train_rates, self.eval_rates, self.peak_mb = [], [], 0.0
-        # The warm-up round profiles one step's memory on the CPU; timed rounds reuse it.
-        self.memory = PeakMemory(device)
+
+    def cpu_step_peak_mb(self) -> float:
+        """One training step on one batch, watched through the profiler (on the CPU, training
+        itself measures no memory); run after a first round, when the optimizer has its
+        state."""
+        images, labels = next(iter(self.train_loader))
+        images, labels = to_device(images, labels, self.device)
+        step = partial(training_step, self.model, images, labels, self.optimizer, self.schedule,
+                       self.settings, PassMeter("train", self.device))  # fmt: skip
+        return training_step_peak_mb(step, self.model, self.optimizer, self.train_loader)
 
     def run_round(self) -> None:
         stats, _ = train_one_epoch(self.model, self.train_loader, self.optimizer, self.schedule,
-                                   self.settings, NullTracker(), 0, memory=self.memory)  # fmt: skip
-        self.peak_mb = max(self.peak_mb, stats["peak_mem_mb"])
+                                   self.settings, NullTracker(), 0)  # fmt: skip
+        if "peak_mem_mb" in stats:  # CUDA's allocator peak
+            self.peak_mb = max(self.peak_mb, stats["peak_mem_mb"])
+        elif not self.peak_mb:  # the CPU's: profiled once, after the warm-up round
+            self.peak_mb = self.cpu_step_peak_mb()
         self.train_rates.append(stats["train_img_per_s"])
         evaluated = evaluate(self.model, self.test_loader, self.settings)
         self.eval_rates.append(evaluated["test_img_per_s"])

@@ -7,7 +7,6 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 from torch import nn
@@ -19,9 +18,6 @@ _CPU_SDPA = {
         lambda q, k, v, *args, **kwargs: sdpa_flop_count(q, k, v)
     )
 }
-
-
-T = TypeVar("T")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -102,34 +98,14 @@ def held_tensor_mb(*holders: object) -> float:
     return sum(tensors.values()) / 2**20
 
 
-class PeakMemory:
-    """Peak tensor memory of a training epoch, in MB. On CUDA, the allocator's peak since
-    ``start_epoch``; on the CPU, the tensors the run holds (model, gradients, optimizer state,
-    data) plus the most one step allocated on top of them, watched through the profiler once
-    (the first step ``watch`` is given: one after the optimizer has its state) and the same for
-    every epoch after it."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.step_rise: float | None = None
-
-    def start_epoch(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def watch(self, step: Callable[[], T]) -> T:
-        """Run a training step (returning what it returns); on the CPU, the first one is
-        profiled for what it allocated at its peak."""
-        if self.device.type == "cuda" or self.step_rise is not None:
-            return step()
-        result = []
-        self.step_rise = peak_rise_mb(self.device, lambda: result.append(step()))
-        return result[0]
-
-    def read(self, *holders: object) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return held_tensor_mb(*holders) + (self.step_rise or 0.0)
+def training_step_peak_mb(step: Callable[[], object], *holders: object) -> float:
+    """Tensor memory at a training step's peak on the CPU, in MB: what the run holds (model,
+    gradients, optimizer state, data; ``holders``) plus the most one ``step()`` allocates on
+    top of it, watched through the profiler. Run it once the optimizer holds its state (after
+    a first step), so that its moments are counted as held, not again in the rise; gradients,
+    which each step frees and makes again, are still in both: an overcount of their size.
+    For the benchmarks: training itself measures only what CUDA's allocator gives for free."""
+    return held_tensor_mb(*holders) + peak_rise_mb(torch.device("cpu"), step)
 
 
 # What torch's profiler logs from C++ straight to file descriptor 2 (a line at each start and

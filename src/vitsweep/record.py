@@ -55,9 +55,10 @@ def summarise_history(history: list[dict[str, float]]) -> dict[str, float]:
         "epochs_done": int(history[-1]["epoch"]),
         "train_s_per_epoch": sum(r["train_s"] for r in history) / len(history),
         "train_img_per_s": sum(r["train_img_per_s"] for r in history) / len(history),
-        "peak_mem_mb": max(r["peak_mem_mb"] for r in history),
         "final_train_loss": history[-1]["train_loss"],
     }
+    if peaks := [r["peak_mem_mb"] for r in history if r.get("peak_mem_mb") is not None]:
+        summary["peak_mem_mb"] = max(peaks)  # CUDA's allocator peak
     if evaluated:
         best = max(evaluated, key=lambda r: r["test_acc"])  # the first of equals
         summary |= {

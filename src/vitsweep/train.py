@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -22,7 +21,6 @@ from tqdm import tqdm
 
 from vitsweep.device import resolve_precision, synchronize
 from vitsweep.errors import ConfigError, Diverged, require, require_each
-from vitsweep.measure import PeakMemory
 from vitsweep.record import free_on_resume
 
 log = logging.getLogger(__name__)
@@ -180,26 +178,21 @@ def train_one_epoch(
     tracker: Any,
     step: int,
     desc: str = "train",
-    memory: PeakMemory | None = None,
 ) -> tuple[dict[str, float], int]:
-    """One pass over the training set. Returns its loss, accuracy, seconds, images/s and peak
-    tensor memory (``memory`` carries what it measured from epoch to epoch), and the global
-    step it ended on. Raises ``Diverged`` at the first non-finite loss."""
+    """One pass over the training set. Returns its loss, accuracy, seconds, images/s (and on
+    CUDA the allocator's peak, free to read), and the global step it ended on. Raises
+    ``Diverged`` at the first non-finite loss."""
     device = next(model.parameters()).device
     model.train()
-    meter, memory = PassMeter("train", device), memory or PeakMemory(device)
-    memory.start_epoch()
+    meter = PassMeter("train", device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     # The first non-finite step is noted on the device and read only where we sync anyway.
     first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
     bar = tqdm(loader, desc=desc, leave=False, disable=None if settings.progress else True)
     for images, labels in bar:  # disable=None above: bars only on a terminal
         images, labels = to_device(images, labels, device)
-        step_once = partial(training_step, model, images, labels, optimizer, scheduler, settings,
-                            meter)  # fmt: skip
-        # Watched once the optimizer holds its state: the moments the first step creates are
-        # counted as held tensors, not again in the step's rise. (Gradients, which every step
-        # frees and makes again, are still in both: an overcount of their size.)
-        batch_loss = memory.watch(step_once) if optimizer.state else step_once()
+        batch_loss = training_step(model, images, labels, optimizer, scheduler, settings, meter)
         step += 1
         bad = ~torch.isfinite(batch_loss) & (first_bad_step < 0)
         first_bad_step = torch.where(bad, step, first_bad_step)
@@ -208,7 +201,10 @@ def train_one_epoch(
             lr = scheduler.get_last_lr()[0]
             tracker.log({"step/train_loss": batch_loss.item(), "step/lr": lr}, step=step)
     raise_if_diverged(first_bad_step)
-    return meter.read() | {"peak_mem_mb": memory.read(model, optimizer, loader)}, step
+    stats = meter.read()
+    if device.type == "cuda":
+        stats["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return stats, step
 
 
 def raise_if_diverged(first_bad_step: torch.Tensor) -> None:
@@ -259,12 +255,11 @@ def fit(
         log.info("resumed after epoch %d", start_epoch - 1)
     trained = torch.compile(model) if s.compile else model
     step = (start_epoch - 1) * steps_per_epoch
-    memory = PeakMemory(next(model.parameters()).device)
 
     for epoch in range(start_epoch, s.epochs + 1):
         desc = f"epoch {epoch}/{s.epochs}"
         stats, step = train_one_epoch(
-            trained, train_loader, optimizer, scheduler, s, tracker, step, desc, memory
+            trained, train_loader, optimizer, scheduler, s, tracker, step, desc
         )
         row = {"epoch": epoch, **stats}
         if epoch % s.eval_interval == 0 or epoch == s.epochs:
