@@ -122,8 +122,10 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path):
         assert tracker.run is not None
         tracker.finish()
     run_id = (tmp_path / "wandb_run_id").read_text()
-    offline = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)
+    # Each attempt is a directory of its own (named by its start time, with a suffix when two
+    # start in the same second), and both hold the one run: run-<id>.wandb.
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
+    assert len(list((tmp_path / "wandb").glob(f"offline-run-*/run-{run_id}.wandb"))) == 2
 
 
 def test_a_signal_during_an_epochs_write_lands_after_history_and_checkpoint_agree(
