@@ -1,6 +1,8 @@
 """Named experiments (conf/experiment/): a whole study in one versioned file, and a dry run
 that lists its jobs, sized, before anything trains."""
 
+import json
+
 import pytest
 
 from tests.conftest import TINY
@@ -22,10 +24,31 @@ def test_every_experiment_lists_its_jobs_sized_and_runs_nothing(cli, tmp_path, e
         f"{len(rows)} jobs" in result.stdout and "nothing was created or trained" in result.stdout
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no multirun/, results/, outputs/
-    if experiment == "seed_table":  # the seed's three models times three seeds, its recipe
+    if experiment == "nanovit_table":  # nanovit's three models times three seeds, its recipe
         assert [r[1] for r in rows[:2]] == ["model=vit seed=0", "model=vit seed=1"]
         assert [r[2] for r in rows[::3]] == ["829,322", "924,426", "1,017,162"]
         assert {r[5] for r in rows} == {"40"}
+
+
+def test_the_digits_try_is_one_offline_run_without_wandb(make_config):
+    cfg = make_config(["experiment=digits_try"])
+    assert cfg.data.name == "digits" and cfg.logger._target_.endswith("NullTracker")
+    assert (cfg.model.dim, cfg.model.depth, cfg.model.embedding.patch_size) == (64, 2, 4)
+    assert "params" not in cfg.get("hydra", {}).get("sweeper", {})  # no grid: a single run
+
+
+def test_the_digits_try_dry_run_is_one_job_sized(cli):
+    result = cli("experiment=digits_try", "dry_run=true")
+    assert result.returncode == 0, result.stderr
+    assert "75,082" in result.stdout  # dim 64, 2 blocks, 64 tokens: as the README says
+
+
+@pytest.mark.slow
+def test_the_digits_try_trains_to_a_useful_accuracy(cli, tmp_path):
+    result = cli("experiment=digits_try", "hydra.run.dir=run")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["best_test_acc"] >= 0.9
 
 
 def test_the_command_line_narrows_an_experiments_grid(cli):

@@ -71,3 +71,31 @@ def test_the_attention_benchmark_picks_up_a_new_variant(with_new_variant):
     assert "mean_value" in variants
     measured = bench_attention.measure("mean_value", 64, 2, 64, 4, 2, "cpu", with_new_variant)
     assert measured["seconds"] > 0
+
+
+def test_a_new_metric_is_one_column_entry(monkeypatch, tmp_path):
+    """A column declared once (where it comes from, how seeds combine, its format, headline
+    or not) reaches the rows, the aggregate, the markdown and the CSV with nothing else
+    touched."""
+    import pandas as pd
+
+    from vitsweep.report import columns as columns_module
+    from vitsweep.report import comparison_table, row_from_run, to_markdown, write_report
+    from vitsweep.report.columns import Column, from_summary
+
+    loss = Column("final_loss", "final train loss", from_summary("final_train_loss"), "mean",
+                  "{:.3f}", headline=True)  # fmt: skip
+    monkeypatch.setattr(columns_module, "COLUMNS", [*columns_module.COLUMNS, loss])
+    runs = pd.DataFrame([
+        row_from_run({"seed": seed, "choices": {"attention": attention}},
+                     {"status": "completed", "best_test_acc": 0.5, "final_train_loss": value},
+                     [f"attention={attention}", f"seed={seed}"], f"{attention}-{seed}")
+        for attention, seed, value in [("softmax", 0, 1.0), ("softmax", 1, 2.0),
+                                       ("linear", 0, 0.5), ("linear", 1, 0.5)]
+    ])  # fmt: skip
+    table = comparison_table(runs)
+    assert list(table["final_loss"]) == [1.5, 0.5] and table["final_loss_std"][1] == 0
+    headline = to_markdown(table, ["attention"], headline=True)
+    assert "final train loss" in headline and "1.500 ± 0.707" in headline
+    write_report(runs, pd.DataFrame(), tmp_path, tmp_path)
+    assert "final_loss" in pd.read_csv(tmp_path / "comparison.csv").columns
