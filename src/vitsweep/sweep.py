@@ -86,36 +86,20 @@ def holds_jobs(sweep_dir: Path) -> bool:
     return any(sweep_dir.glob("*/config.yaml")) or any(sweep_dir.glob("**/.hydra/overrides.yaml"))
 
 
+WAYS = "choose another sweep_name (or hydra.sweep.dir)"
+
+
 def claim_sweep(
     sweep_dir: Path, grid: dict[str, Any], resume: bool, about: dict[str, Any]
 ) -> dict[str, Any]:
     """Take ``sweep_dir`` for the sweep of ``grid`` (its command-line overrides and sweeper
     parameters), or refuse with one line. Returns the sweep's record."""
-    record_path = sweep_dir / RECORD
-    where = f"{sweep_dir} holds"
-    ways = "choose another sweep_name (or hydra.sweep.dir)"
-    if record_path.exists():
-        earlier = read_sweep_record(sweep_dir)
-        if not earlier:
-            raise ConfigError(f"{record_path} cannot be read; {ways}")
-        if earlier.get("grid") != grid:
-            command = earlier.get("command", "another command")
-            change = grid_change(earlier.get("grid") or {}, grid)
-            raise ConfigError(f"{where} another sweep ({command}): this one is {change}; {ways}")
-        name = about.get("name")
-        if name is not None and earlier.get("name") not in (None, name):
-            raise ConfigError(f"{where} the sweep named {earlier['name']!r}; add "
-                              f"sweep_name={earlier['name']} to resume it")  # fmt: skip
-        if not resume:
-            raise ConfigError(
-                f"{where} this sweep already; add trainer.resume=true to finish it, or {ways}"
-            )
-        check_writable(sweep_dir)
-        return earlier
+    if (sweep_dir / RECORD).exists():
+        return resumed_sweep(sweep_dir, grid, resume, about.get("name"))
     if holds_jobs(sweep_dir) and not resume:
         raise ConfigError(
-            f"{where} an earlier sweep; add trainer.resume=true to finish it "
-            f"with the same command, or {ways}"
+            f"{sweep_dir} holds an earlier sweep; add trainer.resume=true to finish it "
+            f"with the same command, or {WAYS}"
         )
     if sweep_dir.exists():
         check_writable(sweep_dir)
@@ -128,13 +112,38 @@ def claim_sweep(
     }
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        with open(record_path, "x") as file:  # exclusive: one of two same-named sweeps wins
+        with open(sweep_dir / RECORD, "x") as file:  # exclusive: one of two same-named sweeps wins
             yaml.safe_dump(record, file, sort_keys=False)
     except FileExistsError:
-        raise ConfigError(f"{sweep_dir} was claimed by another sweep just now; {ways}") from None
+        raise ConfigError(f"{sweep_dir} was claimed by another sweep just now; {WAYS}") from None
     except OSError as err:
         raise ConfigError(f"cannot write the sweep directory {sweep_dir}: {err.strerror}") from None
     return record
+
+
+def resumed_sweep(
+    sweep_dir: Path, grid: dict[str, Any], resume: bool, name: str | None
+) -> dict[str, Any]:
+    """The record of the sweep already in ``sweep_dir``, if this is that sweep, resumed (and
+    its directory writable); else a refusal naming what differs."""
+    earlier = read_sweep_record(sweep_dir)
+    if not earlier:
+        raise ConfigError(f"{sweep_dir / RECORD} cannot be read; {WAYS}")
+    if earlier.get("grid") != grid:
+        command = earlier.get("command", "another command")
+        change = grid_change(earlier.get("grid") or {}, grid)
+        raise ConfigError(
+            f"{sweep_dir} holds another sweep ({command}): this one is {change}; {WAYS}"
+        )
+    if name is not None and earlier.get("name") not in (None, name):
+        raise ConfigError(f"{sweep_dir} holds the sweep named {earlier['name']!r}; add "
+                          f"sweep_name={earlier['name']} to resume it")  # fmt: skip
+    if not resume:
+        raise ConfigError(
+            f"{sweep_dir} holds this sweep already; add trainer.resume=true to finish it, or {WAYS}"
+        )
+    check_writable(sweep_dir)
+    return earlier
 
 
 def check_writable(directory: Path) -> None:
