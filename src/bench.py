@@ -45,6 +45,7 @@ from vitsweep.train import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+AUGMENT = {"train": True, "crop_padding": 4, "flip": True}  # every path's training images
 
 
 def load_images(name: str, count: int) -> tuple[ImageSet, list[float], list[float]]:
@@ -132,6 +133,19 @@ class Contender:
 
 
 def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
+    """One preset's rows: every contender timed over ``args.rounds`` alternating rounds."""
+    contenders, fast_model = make_contenders(preset, images, mean, std, args, device)
+    size = describe_model(fast_model.to(device), (3, 32, 32))
+    time_rounds(preset, contenders, args.rounds)
+    if args.profile:
+        write_profile(preset, contenders[0], args)
+    return result_rows(preset, contenders, size, args)
+
+
+def make_contenders(preset, images, mean, std, args, device) -> tuple[list[Contender], nn.Module]:
+    """Our path, the nanovit-style reference (second: the rows are measured against it) and,
+    where timm is installed, timm's model on our path; with our model, uncompiled, to
+    describe."""
     steps_images = ImageSet(images.images[: args.steps * args.batch],
                             images.labels[: args.steps * args.batch])  # fmt: skip
     eval_images = ImageSet(images.images[: args.eval_images], images.labels[: args.eval_images])
@@ -144,36 +158,43 @@ def bench_preset(preset, images, mean, std, args, device) -> list[dict]:
     fast_model = build_preset(preset, nanovit_style=False)
     if on_cuda:
         fast_model = fast_model.to(memory_format=torch.channels_last)
-    augment = {"train": True, "crop_padding": 4, "flip": True}
+    our_loaders = partial(device_loaders, steps_images, eval_images, mean, std, args.batch, device)
     contenders = [
-        Contender(
-            "vitsweep", torch.compile(fast_model) if args.compile else fast_model,
-            DeviceLoader(steps_images, args.batch, mean, std, device, **augment),
-            DeviceLoader(eval_images, 512, mean, std, device), fast, device,
-        ),
+        Contender("vitsweep", torch.compile(fast_model) if args.compile else fast_model,
+                  *our_loaders(), fast, device),
         Contender(
             "nanovit-style reference", build_preset(preset, nanovit_style=True),
-            torchvision_loader(steps_images, args.batch, mean, std, **augment),
+            torchvision_loader(steps_images, args.batch, mean, std, **AUGMENT),
             torchvision_loader(eval_images, 512, mean, std), reference, device,
         ),
     ]  # fmt: skip
     timm_model = timm_reference(preset)
     if timm_model is not None:  # same data path and settings as ours: only the model differs
-        contenders.append(Contender(
-            "timm VisionTransformer", timm_model,
-            DeviceLoader(steps_images, args.batch, mean, std, device, **augment),
-            DeviceLoader(eval_images, 512, mean, std, device), fast, device,
-        ))  # fmt: skip
-    size = describe_model(fast_model.to(device), (3, 32, 32))
+        contenders.append(
+            Contender("timm VisionTransformer", timm_model, *our_loaders(), fast, device)
+        )
+    return contenders, fast_model
+
+
+def device_loaders(train, test, mean, std, batch, device) -> tuple[DeviceLoader, DeviceLoader]:
+    """Our data path: device-resident images, the training ones augmented in batches."""
+    return (DeviceLoader(train, batch, mean, std, device, **AUGMENT),
+            DeviceLoader(test, 512, mean, std, device))  # fmt: skip
+
+
+def time_rounds(preset: str, contenders: list[Contender], rounds: int) -> None:
+    """A warm-up round each, its rates dropped, then ``rounds`` rounds."""
     for contender in contenders:  # warm-up: kernels, caches, allocator, compilation
         contender.run_round()
         contender.train_rates.clear()
         contender.eval_rates.clear()
-    for _ in tqdm(range(args.rounds), desc=preset, leave=False):
+    for _ in tqdm(range(rounds), desc=preset, leave=False):
         for contender in contenders:  # alternate, so both see the same machine
             contender.run_round()
-    if args.profile:
-        write_profile(preset, contenders[0], args)
+
+
+def result_rows(preset, contenders, size, args) -> list[dict]:
+    """One row per contender: its median rates, and their ratios to the reference's."""
     rows = []
     reference_rate = statistics.median(contenders[1].train_rates)
     for contender in contenders:

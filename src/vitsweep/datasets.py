@@ -223,8 +223,18 @@ def _list_images(folder: Path, tree: list[str]) -> Listing:
     is ambiguous: it stays in the one it is in without a link on the way, else in the first
     by sorted name, and is counted in a warning. A class folder without image files, or with
     only files kept in another class, is one ConfigError."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+    classes = _class_folders(folder, tree)
+    unfollowed = []  # links to folders not walked, for one warning
+    found, owner = _find_images(folder, classes, tree, unfollowed)
+    files, again, elsewhere = _keep_once(found, owner)
+    _require_own_images(folder, classes, files, found)
+    _warn_listing(folder, unfollowed, again, elsewhere)
+    return classes, files
 
+
+def _class_folders(folder: Path, tree: list[str]) -> list[str]:
+    """The class folders' names, sorted, each one's real path added to ``tree``. A class
+    folder that is a link is followed, unless it holds the data set itself (a loop)."""
     try:
         with os.scandir(folder) as entries:  # is_dir() follows a class folder that is a link
             classes = sorted(entry.name for entry in entries if entry.is_dir())
@@ -239,25 +249,55 @@ def _list_images(folder: Path, tree: list[str]) -> Listing:
             raise ConfigError(f"data.root: class folder {folder / name} is a link to {real}, "
                               f"which holds {folder} itself")  # fmt: skip
         tree.append(real)
-    found, owner, unfollowed = [], {}, []  # identity -> (class, there without a link)
+    return classes
+
+
+def _find_images(
+    folder: Path, classes: list[str], tree: list[str], unfollowed: list[str]
+) -> tuple[list[tuple[str, int, tuple]], dict[tuple, tuple[int, bool]]]:
+    """Every image file found under every class folder, as (path, class, identity), and each
+    identity's owner: the class it is in without a link on the way, else the first."""
+    here = os.path.realpath(folder)
+    found, owner = [], {}  # identity -> (class, there without a link)
     for index, name in enumerate(classes):
-        walked = sorted(_walk(str(folder / name), tree, unfollowed))
-        listed = [os.path.join(where, file) for where, names in walked for file in sorted(names)]
-        images = [path for path in listed if has_file_allowed_extension(path, IMG_EXTENSIONS)]
-        if not images:
-            raise ConfigError(f"data.root: {folder} has no class folders with images for class "
-                              f"'{name}': {folder / name} holds no file ending in "
-                              f"{', '.join(IMG_EXTENSIONS)}")  # fmt: skip
-        for path in images:
-            try:
-                stat = os.stat(path)
-                identity = (stat.st_dev, stat.st_ino)
-            except OSError:  # a broken link: listed, then skipped as unreadable
-                identity = ("path", path)
+        for path in _class_images(folder, name, tree, unfollowed):
+            identity = _identity(path)
             inside = os.path.realpath(path) == os.path.join(here, os.path.relpath(path, folder))
             found.append((path, index, identity))
             if identity not in owner or inside and not owner[identity][1]:
                 owner[identity] = (index, inside)
+    return found, owner
+
+
+def _class_images(folder: Path, name: str, tree: list[str], unfollowed: list[str]) -> list[str]:
+    """The image files under class folder ``name``, in torchvision's order; none is one
+    ConfigError."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    walked = sorted(_walk(str(folder / name), tree, unfollowed))
+    listed = [os.path.join(where, file) for where, names in walked for file in sorted(names)]
+    images = [path for path in listed if has_file_allowed_extension(path, IMG_EXTENSIONS)]
+    if not images:
+        raise ConfigError(f"data.root: {folder} has no class folders with images for class "
+                          f"'{name}': {folder / name} holds no file ending in "
+                          f"{', '.join(IMG_EXTENSIONS)}")  # fmt: skip
+    return images
+
+
+def _identity(path: str) -> tuple:
+    """A file's device and inode, the same through any link or hard link to it."""
+    try:
+        stat = os.stat(path)
+        return (stat.st_dev, stat.st_ino)
+    except OSError:  # a broken link: listed, then skipped as unreadable
+        return ("path", path)
+
+
+def _keep_once(
+    found: list[tuple[str, int, tuple]], owner: dict[tuple, tuple[int, bool]]
+) -> tuple[list[tuple[str, int, tuple]], int, list[str]]:
+    """Each real file once, in its owner's class; also how many were reached ``again`` in
+    the same class, and the paths left out as ``elsewhere`` (kept in another class)."""
     files, kept, again, elsewhere = [], set(), 0, []
     for path, index, identity in found:
         if owner[identity][0] != index:
@@ -267,12 +307,21 @@ def _list_images(folder: Path, tree: list[str]) -> Listing:
         else:
             kept.add(identity)
             files.append((path, index, identity))
+    return files, again, elsewhere
+
+
+def _require_own_images(folder: Path, classes: list[str], files: list, found: list) -> None:
+    """One ConfigError for the first class left with no files of its own."""
     own, every = Counter(file[1] for file in files), Counter(file[1] for file in found)
     for index, name in enumerate(classes):
         if not own[index]:
             raise ConfigError(f"data.root: {folder} has no images of its own for class '{name}': "
                               f"its {every[index]} files are all under another class folder "
                               f"too")  # fmt: skip
+
+
+def _warn_listing(folder: Path, unfollowed: list[str], again: int, elsewhere: list[str]) -> None:
+    """One warning for each kind of link not followed or file not listed twice."""
     if unfollowed:
         log.warning("%s: %d link(s) to folders already in the data set (or holding it) not "
                     "followed (%s)", folder, len(unfollowed), _shown(unfollowed))  # fmt: skip
@@ -282,7 +331,6 @@ def _list_images(folder: Path, tree: list[str]) -> Listing:
     if elsewhere:
         log.warning("%s: %d file(s) also under another class folder left out of this one (%s)",
                     folder, len(elsewhere), _shown(elsewhere))  # fmt: skip
-    return classes, files
 
 
 def _read_images(
@@ -299,13 +347,7 @@ def _read_images(
 
     classes, files = listing
     names = names or classes
-    modes, skipped = {}, []
-    for path, _, _ in files:
-        try:
-            with Image.open(path) as image:
-                modes[path] = image.mode
-        except Exception:
-            skipped.append(path)
+    modes, skipped = _image_modes(files)
     gray = bool(modes) and all(mode in GRAY for mode in modes.values())
     images, labels, read = [], [], Counter()
     for path, label, _ in tqdm(files, desc=f"reading {folder.name}", leave=False, disable=None):
@@ -321,16 +363,37 @@ def _read_images(
         images.append(TF.pil_to_tensor(picture))
         labels.append(names.index(classes[label]))
         read[label] += 1
+    _require_readable(folder, listing, read)
+    if skipped:
+        log.warning("%s: %d unreadable file(s) skipped (%s)", folder, len(skipped), _shown(skipped))
+    stacked = torch.stack(images)
+    return ImageSet(stacked, torch.tensor(labels, dtype=torch.int64), list(names))
+
+
+def _image_modes(files: list[tuple[str, int, tuple]]) -> tuple[dict[str, str], list[str]]:
+    """Each file's PIL mode, read from its header alone, and the files whose header cannot
+    be opened."""
+    from PIL import Image
+
+    modes, skipped = {}, []
+    for path, _, _ in files:
+        try:
+            with Image.open(path) as image:
+                modes[path] = image.mode
+        except Exception:
+            skipped.append(path)
+    return modes, skipped
+
+
+def _require_readable(folder: Path, listing: Listing, read: Counter) -> None:
+    """One ConfigError for the first class (by label) none of whose files could be read."""
+    classes, files = listing
     for label, count in sorted(Counter(label for _, label, _ in files).items()):
         if not read[label]:
             unread = [path for path, of, _ in files if of == label]
             raise ConfigError(f"data.root: {folder} has no readable images for class "
                               f"'{classes[label]}': its {count} files in {folder / classes[label]} "
                               f"could not be read ({_shown(unread)})")  # fmt: skip
-    if skipped:
-        log.warning("%s: %d unreadable file(s) skipped (%s)", folder, len(skipped), _shown(skipped))
-    stacked = torch.stack(images)
-    return ImageSet(stacked, torch.tensor(labels, dtype=torch.int64), list(names))
 
 
 def load_image_folder(
@@ -352,35 +415,9 @@ def load_image_folder(
     tree = [os.path.realpath(folder)]  # real paths in the data set: links into them not walked
     splits = [name for name in ("train", "test", "val", "valid") if (folder / name).is_dir()]
     if splits:  # never read a train/ folder as a class: say which layouts there are
-        held_out = next((name for name in splits if name != "train"), None)
-        require("train" in splits and held_out is not None, "data.root", root,
-                "class folders, or train/ and test/ (or val/) holding them")  # fmt: skip
-        train_dir, test_dir = folder / "train", folder / held_out
-        tree += [os.path.realpath(train_dir), os.path.realpath(test_dir)]
-        train_listing = _list_images(train_dir, tree)
-        test_classes, test_files = _list_images(test_dir, tree)
-        missing = sorted(set(test_classes) - set(train_listing[0]))
-        extra = f"the training split's classes; {test_dir} also has {', '.join(missing)}"
-        require(not missing, "data.root", str(test_dir), extra)
-        # A file in both splits is dropped from the test split, with a warning, rather than
-        # refused: the honest split is unambiguous (the model trains on it either way), and
-        # a refusal would only make the user delete these very files by hand.
-        in_train = {identity for _, _, identity in train_listing[1]}
-        shared = [path for path, _, identity in test_files if identity in in_train]
-        if shared:
-            log.warning("%s: %d file(s) also in train/ (links) dropped from the test split (%s)",
-                        test_dir, len(shared), _shown(shared))  # fmt: skip
-        test_files = [file for file in test_files if file[2] not in in_train]
-        require(bool(test_files), "data.root", root,
-                f"images in {held_out}/ that are not also in train/")  # fmt: skip
-        train = _read_images(train_dir, train_listing, image_size)
-        test = _read_images(test_dir, (test_classes, test_files), image_size, train.classes)
+        train, test = _read_split_folders(folder, root, splits, tree, image_size)
     else:
-        require(0 < test_fraction < 1, "data.source.test_fraction", test_fraction,
-                "a number in (0, 1)")  # fmt: skip
-        every = _read_images(folder, _list_images(folder, tree), image_size)
-        train_index, test_index = stratified_split(every.labels, test_fraction, seed)
-        train, test = every.take(train_index), every.take(test_index)
+        train, test = _read_and_split(folder, tree, image_size, test_fraction, seed)
     require(len(train.classes) >= 2, "data.root", root,
             f"at least two class folders to tell apart (found {train.classes})")  # fmt: skip
     require(len(test) > 0, "data.source.test_fraction", test_fraction,
@@ -391,3 +428,51 @@ def load_image_folder(
     log.info("%s: %d training and %d test images of %d classes (%s)", root, len(train),
              len(test), len(train.classes), ", ".join(train.classes))  # fmt: skip
     return train, test
+
+
+def _read_split_folders(
+    folder: Path, root: str, splits: list[str], tree: list[str], image_size: int
+) -> tuple[ImageSet, ImageSet]:
+    """The ``train/`` and ``test/`` (or ``val/``) splits under ``folder``, the test split's
+    classes among the training split's, and labelled as they are there."""
+    held_out = next((name for name in splits if name != "train"), None)
+    require("train" in splits and held_out is not None, "data.root", root,
+            "class folders, or train/ and test/ (or val/) holding them")  # fmt: skip
+    train_dir, test_dir = folder / "train", folder / held_out
+    tree += [os.path.realpath(train_dir), os.path.realpath(test_dir)]
+    train_listing = _list_images(train_dir, tree)
+    test_classes, test_files = _list_images(test_dir, tree)
+    missing = sorted(set(test_classes) - set(train_listing[0]))
+    extra = f"the training split's classes; {test_dir} also has {', '.join(missing)}"
+    require(not missing, "data.root", str(test_dir), extra)
+    test_files = _drop_files_in_train(test_dir, train_listing[1], test_files)
+    require(bool(test_files), "data.root", root,
+            f"images in {held_out}/ that are not also in train/")  # fmt: skip
+    train = _read_images(train_dir, train_listing, image_size)
+    test = _read_images(test_dir, (test_classes, test_files), image_size, train.classes)
+    return train, test
+
+
+def _drop_files_in_train(test_dir: Path, train_files: list, test_files: list) -> list:
+    """The test split's files less those also in ``train/`` (a link or hard link)."""
+    # A file in both splits is dropped from the test split, with a warning, rather than
+    # refused: the honest split is unambiguous (the model trains on it either way), and
+    # a refusal would only make the user delete these very files by hand.
+    in_train = {identity for _, _, identity in train_files}
+    shared = [path for path, _, identity in test_files if identity in in_train]
+    if shared:
+        log.warning("%s: %d file(s) also in train/ (links) dropped from the test split (%s)",
+                    test_dir, len(shared), _shown(shared))  # fmt: skip
+    return [file for file in test_files if file[2] not in in_train]
+
+
+def _read_and_split(
+    folder: Path, tree: list[str], image_size: int, test_fraction: float, seed: int
+) -> tuple[ImageSet, ImageSet]:
+    """The class folders directly under ``folder``, split by a fixed stratified split:
+    ``test_fraction`` of every class, seeded, over distinct files."""
+    require(0 < test_fraction < 1, "data.source.test_fraction", test_fraction,
+            "a number in (0, 1)")  # fmt: skip
+    every = _read_images(folder, _list_images(folder, tree), image_size)
+    train_index, test_index = stratified_split(every.labels, test_fraction, seed)
+    return every.take(train_index), every.take(test_index)

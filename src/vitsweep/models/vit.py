@@ -72,6 +72,37 @@ def sincos_positions(num_tokens: int, dim: int) -> torch.Tensor:
     return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
 
 
+def _check_args(
+    image_size: int,
+    in_channels: int,
+    num_classes: int,
+    dim: int,
+    depth: int,
+    heads: int,
+    mlp_dim: int,
+    dropout: float,
+    pool: str,
+    pos: str,
+) -> None:
+    """One ConfigError for the first bad argument: the sizes, the heads, then the choices."""
+    positive = "a positive integer"
+    sizes = {
+        "image_size": image_size,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "dim": dim,
+        "depth": depth,
+        "mlp_dim": mlp_dim,
+    }
+    require_each("model", [(field, v, v >= 1, positive) for field, v in sizes.items()])
+    check_heads(dim, heads)
+    require_each("model", [
+        ("dropout", dropout, 0 <= dropout < 1, "a probability in [0, 1)"),
+        ("pool", pool, pool in ("cls", "mean"), "cls or mean"),
+        ("pos", pos, pos in ("learned", "sincos", "none"), "learned, sincos or none"),
+    ])  # fmt: skip
+
+
 class VisionTransformer(nn.Module):
     """Tokens from ``embedding``, positions, ``depth`` blocks, a head on the pooled tokens.
 
@@ -104,37 +135,16 @@ class VisionTransformer(nn.Module):
         nanovit_quirks: bool = False,
     ) -> None:
         super().__init__()
-        positive = "a positive integer"
-        sizes = {
-            "image_size": image_size,
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "dim": dim,
-            "depth": depth,
-            "mlp_dim": mlp_dim,
-        }
-        require_each("model", [(field, v, v >= 1, positive) for field, v in sizes.items()])
-        check_heads(dim, heads)
-        require_each("model", [
-            ("dropout", dropout, 0 <= dropout < 1, "a probability in [0, 1)"),
-            ("pool", pool, pool in ("cls", "mean"), "cls or mean"),
-            ("pos", pos, pos in ("learned", "sincos", "none"), "learned, sincos or none"),
-        ])  # fmt: skip
+        _check_args(
+            image_size, in_channels, num_classes, dim, depth, heads, mlp_dim, dropout, pool, pos
+        )
         self.embed = embedding(in_channels=in_channels, dim=dim, image_size=image_size)
         self.num_tokens = self.embed.num_tokens
         self.pool = pool
         init_std = 1.0 if nanovit_quirks else 0.02
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * init_std) if pool == "cls" else None
         seq_len = self.num_tokens + (pool == "cls")
-        if pos == "learned":
-            self.pos = nn.Parameter(torch.randn(1, seq_len, dim) * init_std)
-        elif pos == "sincos":
-            table = sincos_positions(self.num_tokens, dim)
-            if pool == "cls":  # the cls token has no place in the grid
-                table = torch.cat([torch.zeros(1, dim), table])
-            self.register_buffer("pos", table.unsqueeze(0), persistent=False)
-        else:
-            self.pos = None
+        self._init_positions(pos, seq_len, dim, init_std)
         parts = dict(dim=dim, heads=heads, num_tokens=seq_len, nanovit_quirks=nanovit_quirks)
         self.blocks = nn.Sequential(
             *(
@@ -143,6 +153,18 @@ class VisionTransformer(nn.Module):
             )
         )
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
+
+    def _init_positions(self, pos: str, seq_len: int, dim: int, init_std: float) -> None:
+        """``self.pos``: a learned table (one row per token), fixed 2-D sine-cosine, or None."""
+        if pos == "learned":
+            self.pos = nn.Parameter(torch.randn(1, seq_len, dim) * init_std)
+        elif pos == "sincos":
+            table = sincos_positions(self.num_tokens, dim)
+            if self.pool == "cls":  # the cls token has no place in the grid
+                table = torch.cat([torch.zeros(1, dim), table])
+            self.register_buffer("pos", table.unsqueeze(0), persistent=False)
+        else:
+            self.pos = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.embed(images)
