@@ -2,12 +2,17 @@
 
     python src/report.py multirun/my_sweep                        # -> results/my_sweep/
     python src/report.py --wandb ENTITY/PROJECT --group GROUP     # -> results/GROUP/
+    python src/report.py --reproduce results/my_sweep [--rows 1,2] [--seeds 0,1]
+                                                    # -> results/my_sweep-reproduced/
 
-Both write comparison.md, comparison.csv and the plots, from one schema. The results folder is
-named after the sweep's ``sweep_name`` (kept in its records), as at the end of the sweep.
+The first two write comparison.md, comparison.csv, manifest.json and the plots, from one
+schema; the results folder is named after the sweep's ``sweep_name`` (kept in its records), as
+at the end of the sweep. ``--reproduce`` trains the rows again from the manifest and writes
+reproduction.md beside the new table.
 """
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,26 @@ def read_runs(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     return runs, curves, name, str(args.sweep_dir)
 
 
+def numbers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text}") from None
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    from vitsweep.report.reproduce import reproduce as rerun
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        out_dir = rerun(args.reproduce, args.rows, args.seeds, args.results, args.resume)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print((out_dir / "reproduction.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", nargs="?", type=Path, help="a multirun directory")
@@ -41,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--baseline", help="the row to compare with: its number or choices")
     parser.add_argument("--confidence", type=float, default=0.95, help="of the intervals")
+    parser.add_argument("--reproduce", type=Path, metavar="RESULTS_DIR",
+                        help="train the rows of results/<sweep> again and judge them")  # fmt: skip
+    parser.add_argument("--rows", type=numbers, help="with --reproduce: row numbers, e.g. 1,3")
+    parser.add_argument("--seeds", type=numbers, help="with --reproduce: seeds, e.g. 0,1")
+    parser.add_argument("--resume", action="store_true", help="finish a stopped reproduction")
     args = parser.parse_args(argv)
+    if args.reproduce:
+        return reproduce(args)
     if not 0 < args.confidence < 1:
         parser.error(f"--confidence must be in (0, 1), got {args.confidence}")
 

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vitsweep.job import JobInfo, job_life, train
+from vitsweep.job import JobInfo, run_job
 
 
 def this_job(cfg: DictConfig) -> JobInfo:
@@ -34,13 +34,9 @@ def this_job(cfg: DictConfig) -> JobInfo:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """One run, or one job of a multirun; returns its best test accuracy (Optuna's objective)."""
-    job = this_job(cfg)
-    with job_life(job) as life:  # whatever stops the job: its status, one line, an exit code
-        record = life.claim(cfg)  # the run directory: refused if it holds another run
-        if not record.done:
-            train(life.build(record.config), record, job)
-    return life.best_accuracy
+    """One run, or one job of a multirun: claimed, built, trained and recorded by
+    ``vitsweep.job.run_job``; returns its best test accuracy (Optuna's objective)."""
+    return run_job(cfg, this_job(cfg))
 
 
 if __name__ == "__main__":

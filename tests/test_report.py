@@ -24,7 +24,8 @@ HEADLINE = ["attention", "embedding", "parameters", "GFLOPs/img", "best top-1 %"
 ALL_COLUMNS = [
     "attention", "embedding", "image size", "dim", "patch size", "tokens", "heads", "blocks",
     "parameters", "GFLOPs/img", "best top-1 %", "final top-1 %", "s/epoch", "train s/epoch",
-    "test s/epoch", "train img/s", "peak MB", "epochs", "device", *HOW_SURE,
+    "test s/epoch", "train img/s", "worst class (top-1 %)", "peak MB", "epochs", "device",
+    *HOW_SURE,
 ]  # fmt: skip
 
 
@@ -57,7 +58,8 @@ def test_mission_sweep_ends_in_a_table_and_plots(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     out = tmp_path / "results" / "mission"
     markdown = (out / "comparison.md").read_text()
-    assert _headers(markdown) == [HEADLINE, ALL_COLUMNS]  # the varying choices come first
+    per_class = ["row", *map(str, range(10))]  # the digits' classes
+    assert _headers(markdown) == [HEADLINE, ALL_COLUMNS, per_class]  # the choices come first
     assert [r[:2] for r in _rows(markdown)[:4]] == [
         ["softmax", "patch"],
         ["softmax", "cnn"],
@@ -71,7 +73,7 @@ def test_mission_sweep_ends_in_a_table_and_plots(cli, tmp_path):
     assert table["params"].nunique() == 4
     assert "Welch's t-test otherwise" in markdown  # how to read it
     assert "- jobs: 4; seeds: 0" in markdown and "harness commit:" in markdown  # what produced it
-    for plot in ("accuracy.png", "latency.png", "pareto.png"):
+    for plot in ("accuracy.png", "latency.png", "pareto.png", "confusion.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
     assert "| softmax " in result.stdout  # printed too
 

@@ -20,6 +20,7 @@ from vitsweep.sweep import (
     check_sweep_name,
     claim_sweep,
     git_commit,
+    harness_state,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,10 +146,12 @@ class ClaimDirectories(Callback):
         resume = OmegaConf.select(config, "trainer.resume", default=False) is True
         overrides = " ".join(config.hydra.overrides.task)
         try:
+            harness = harness_state(ROOT)
             about = {
                 "name": check_sweep_name(config.sweep_name),
                 "command": f"python src/run.py -m {overrides}",
-                "commit": git_commit(ROOT),
+                "commit": git_commit(harness),
+                "harness": harness,
             }
             claim_sweep(Path(config.hydra.sweep.dir), sweep_grid(config), resume, about)
         except ConfigError as err:

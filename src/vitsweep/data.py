@@ -7,6 +7,7 @@ test loader: by default the whole set on the training device with batched augmen
 """
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -222,18 +223,28 @@ def check_matches_config(images: ImageSet, data: DataSettings) -> None:
             f"at least {top + 1}: the data set has labels up to {top}")  # fmt: skip
 
 
+def fingerprint(*splits: ImageSet) -> str:
+    """A hash of the data exactly as it was loaded (every uint8 image and label of each split,
+    in order): two runs with equal fingerprints trained and tested on the same data."""
+    digest = hashlib.sha256()
+    for split in splits:
+        digest.update(split.images.contiguous().numpy().tobytes())
+        digest.update(split.labels.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def build_loaders(
     data: DataSettings,
     batch_size: int,
     eval_batch_size: int,
     device: torch.device,
     seed: int,
-    sets: tuple[ImageSet, ImageSet] | None = None,
+    sets: tuple[ImageSet, ImageSet],
 ) -> tuple[DeviceLoader | torch.utils.data.DataLoader, ...]:
-    """Train and test loaders as the data config asks: ``loader: device`` (the default; the
-    whole set on the device, batched augmentation) or ``loader: torchvision`` (per image).
-    ``sets``: the data set, if it was read already."""
-    train, test = sets or data.load()
+    """Train and test loaders of ``sets`` as the data config asks: ``loader: device`` (the
+    default; the whole set on the device, batched augmentation) or ``loader: torchvision``
+    (per image)."""
+    train, test = sets
     for split in (train, test):
         check_matches_config(split, data)
     stats = {"mean": list(data.mean), "std": list(data.std)}

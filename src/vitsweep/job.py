@@ -1,4 +1,4 @@
-"""One job, from a composed config to a finished record.
+"""One job, from a composed config to a finished record (``run_job``):
 
     with job_life(job) as life:                    # one try/except/finally for the whole job
         record = life.claim(cfg)                   # the run directory, or a refusal
@@ -16,6 +16,7 @@ and each job of a multirun.
 import contextlib
 import dataclasses
 import logging
+import platform
 import re
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vitsweep.data import DataSettings, build_loaders
+from vitsweep.data import DataSettings, build_loaders, fingerprint
 from vitsweep.datasets import ImageSet
 from vitsweep.device import device_label, resolve_device, resolve_precision
 from vitsweep.errors import ConfigError, Diverged, WriteError, require
@@ -198,20 +199,26 @@ def train(parts: Parts, record: RunRecord, job: JobInfo) -> None:
     if p.sets is not None:  # what was read from the data, kept with the run's config
         record.note_from_data(p.data, p.sets[0].classes)
     image_shape = (p.data.channels, p.data.image_size, p.data.image_size)
-    versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "cuda": torch.version.cuda}  # fmt: skip
     record.update(device=device_label(p.device), precision=settings.precision, **versions,
                   **describe_model(p.model, image_shape))  # fmt: skip
     if settings.epochs == 0:
         record.update(status="sized")
         return
+    sets = p.sets or p.data.load()  # a data set the model was sized from is not read twice
+    classes = sets[0].classes or [str(i) for i in range(p.data.num_classes)]
+    record.update(classes=list(classes), train_images=len(sets[0]), test_images=len(sets[1]),
+                  data_fingerprint=fingerprint(*sets))  # fmt: skip
     loaders = build_loaders(
-        p.data, settings.batch_size, settings.eval_batch_size, p.device, p.seed, p.sets
-    )  # p.sets: a data set the model was sized from is not read twice
+        p.data, settings.batch_size, settings.eval_batch_size, p.device, p.seed, sets
+    )
     # A multirun's jobs share a W&B group (the sweep's name) and carry their overrides as
     # tags, so W&B groups them as the comparison table does.
     p.tracker.start(record.config, record.run_dir, job.name, job.sweep_name, job.overrides)
     record.update(status="running")
-    fit(p.model, *loaders, p.optimizer, settings, record, p.tracker, record.resume_state)
+    fit(p.model, *loaders, p.optimizer, settings, record, p.tracker, record.resume_state,
+        p.data.num_classes)  # fmt: skip
     record.complete(settings.epochs)
 
 
@@ -351,3 +358,13 @@ def job_life(job: JobInfo) -> Iterator[JobLife]:
     finally:
         life.finish(ok)
         orphan.exit_if_orphaned()  # a worker whose sweep is gone ends, its record written
+
+
+def run_job(cfg: DictConfig, job: JobInfo) -> float | None:
+    """A run, or one job of a sweep: claim its directory, build, train, record; returns its
+    best test accuracy (None if it has none)."""
+    with job_life(job) as life:  # whatever stops the job: its status, one line, an exit code
+        record = life.claim(cfg)  # the run directory: refused if it holds another run
+        if not record.done:
+            train(life.build(record.config), record, job)
+    return life.best_accuracy

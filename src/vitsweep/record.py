@@ -46,8 +46,17 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [f"{path.rstrip('.')} ({a!r} -> {b!r})"]
 
 
-def summarise_history(history: list[dict[str, float]]) -> dict[str, float]:
-    """Best and final accuracy, and mean per-epoch costs, from the per-epoch rows."""
+def per_class_top1(confusion: list[list[int]], classes: list[str]) -> dict[str, float | None]:
+    """Each true class's top-1 from a confusion matrix (rows: true, columns: predicted)."""
+    return {name: (row[i] / sum(row) if sum(row) else None)
+            for i, (name, row) in enumerate(zip(classes, confusion))}  # fmt: skip
+
+
+def summarise_history(
+    history: list[dict[str, Any]], classes: list[str] | None = None
+) -> dict[str, Any]:
+    """Best and final accuracy, and mean per-epoch costs, from the per-epoch rows; at the best
+    epoch, its confusion matrix and each class's top-1 (named by ``classes``)."""
     if not history:
         return {}
     evaluated = [row for row in history if row.get("test_acc") is not None]
@@ -67,10 +76,16 @@ def summarise_history(history: list[dict[str, float]]) -> dict[str, float]:
             "final_test_acc": evaluated[-1]["test_acc"],
             "test_s_per_epoch": sum(r["test_s"] for r in evaluated) / len(evaluated),
         }
+        if best.get("confusion") is not None:
+            names = classes or [str(i) for i in range(len(best["confusion"]))]
+            summary["confusion"] = best["confusion"]
+            summary["per_class_top1"] = per_class_top1(best["confusion"], names)
     return summary
 
 
-def history_csv(history: list[dict[str, float]]) -> str:
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """The history's numbers as CSV (a confusion matrix stays in the checkpoint and summary)."""
+    history = [{k: v for k, v in row.items() if not isinstance(v, list)} for row in history]
     columns = list(dict.fromkeys(key for row in history for key in row))
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, lineterminator="\n")
@@ -224,7 +239,7 @@ class RunRecord:
     def _write_history(self, history: list[dict[str, float]]) -> None:
         write_atomic(self.run_dir / "history.csv", history_csv(history))
         self.history = history
-        self.update(**summarise_history(history))
+        self.update(**summarise_history(history, self.summary.get("classes")))
 
     def end_epoch(self, row: dict[str, float], model, optimizer, scheduler, loader) -> None:
         """The epoch's checkpoint, history row and summary, written as one: an interrupt

@@ -5,6 +5,7 @@ of two sweeps started with one name only one wins). A directory that holds a swe
 again only to finish that same grid (``trainer.resume=true``); another grid is refused.
 """
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -61,24 +62,37 @@ def grid_change(earlier: dict[str, Any], grid: dict[str, Any]) -> str:
     return "; ".join(changes) or "another grid"
 
 
-def git_commit(repo: Path) -> str:
-    """The harness's commit, marked ``+uncommitted`` when its files differ from it."""
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+
+
+def harness_state(repo: Path) -> dict[str, Any]:
+    """The harness's commit, whether src/ or conf/ differ from it, and a hash of that
+    difference (so that two runs of one dirty tree can still be told apart)."""
     try:
-
-        def git(*args: str) -> str:
-            return subprocess.run(
-                ["git", "-C", str(repo), *args],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=10,
-            ).stdout.strip()
-
-        commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "conf")
-        return commit + ("+uncommitted" if dirty else "")
+        commit = _git(repo, "rev-parse", "HEAD").strip()
+        diff = _git(repo, "diff", "HEAD", "--", "src", "conf")
     except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "diff_sha256": None}
+    digest = hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None
+    return {"commit": commit, "dirty": bool(diff), "diff_sha256": digest}
+
+
+def git_commit(harness: dict[str, Any]) -> str:
+    """The harness's commit in short, marked ``+uncommitted`` when its files differed."""
+    if not harness.get("commit"):
         return "unknown (not a git checkout)"
+    return harness["commit"][:12] + ("+uncommitted" if harness.get("dirty") else "")
+
+
+def commit_exists(repo: Path, commit: str) -> bool:
+    try:
+        _git(repo, "cat-file", "-e", f"{commit}^{{commit}}")
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
 
 
 def holds_jobs(sweep_dir: Path) -> bool:

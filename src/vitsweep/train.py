@@ -114,30 +114,40 @@ def to_device(
 
 
 class PassMeter:
-    """Loss, accuracy and throughput of one pass (``split``: train or test). The sums stay on
-    the device (an .item() per step would stall a GPU every batch) and are read once."""
+    """Loss, accuracy and throughput of one pass (``split``: train or test), and, given the
+    number of classes, its confusion matrix (rows: true class, columns: predicted). The sums
+    stay on the device (an .item() per step would stall a GPU every batch) and are read once."""
 
-    def __init__(self, split: str, device: torch.device) -> None:
-        self.split, self.device = split, device
+    def __init__(self, split: str, device: torch.device, num_classes: int | None = None) -> None:
+        self.split, self.device, self.num_classes = split, device, num_classes
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
+        cells = (num_classes or 0) ** 2
+        self.confusion = torch.zeros(cells, device=device, dtype=torch.long)
         self.seen = 0
         self.start = time.perf_counter()
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        predicted = logits.argmax(dim=1)
         self.loss_sum += loss.detach().float() * len(labels)
-        self.correct += (logits.argmax(dim=1) == labels).sum()
+        self.correct += (predicted == labels).sum()
+        if self.num_classes:
+            cell = labels * self.num_classes + predicted
+            self.confusion += torch.bincount(cell, minlength=self.num_classes**2)
         self.seen += len(labels)
 
-    def read(self) -> dict[str, float]:
+    def read(self) -> dict[str, Any]:
         synchronize(self.device)
         seconds = time.perf_counter() - self.start
-        return {
+        stats: dict[str, Any] = {
             f"{self.split}_loss": self.loss_sum.item() / self.seen,
             f"{self.split}_acc": self.correct.item() / self.seen,
             f"{self.split}_s": seconds,
             f"{self.split}_img_per_s": self.seen / seconds,
         }
+        if self.num_classes:
+            stats["confusion"] = self.confusion.view(self.num_classes, -1).tolist()
+        return stats
 
 
 def training_step(
@@ -213,14 +223,16 @@ def raise_if_diverged(first_bad_step: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Batches, settings: TrainerSettings) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: Batches, settings: TrainerSettings, num_classes: int | None = None
+) -> dict[str, Any]:
     """Loss (with the training's label smoothing) and top-1 accuracy on the test set, with
-    its wall time. Batches are cut into ``micro_batch_size`` chunks too (on a CPU, small
-    chunks stay in cache)."""
+    its wall time, and given ``num_classes`` its confusion matrix. Batches are cut into
+    ``micro_batch_size`` chunks too (on a CPU, small chunks stay in cache)."""
     device = next(model.parameters()).device
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     model.eval()
-    meter = PassMeter("test", device)
+    meter = PassMeter("test", device, num_classes)
     for images, labels in loader:
         images, labels = to_device(images, labels, device)
         chunk = settings.micro_batch_size or len(labels)
@@ -240,11 +252,13 @@ def fit(
     record: Any,
     tracker: Any,
     resume_from: dict[str, Any] | None = None,
+    num_classes: int | None = None,
 ) -> None:
     """Train for ``settings.epochs``, evaluating every ``eval_interval`` epochs and after the
-    last. After each epoch, ``record.end_epoch`` writes the row and the checkpoint together.
-    ``resume_from`` (a checkpoint's state) carries on after its epoch with every state (model,
-    optimizer, schedule, RNGs, history) as it was then."""
+    last (with a confusion matrix over ``num_classes``). After each epoch, ``record.end_epoch``
+    writes the row and the checkpoint together. ``resume_from`` (a checkpoint's state) carries
+    on after its epoch with every state (model, optimizer, schedule, RNGs, history) as it was
+    then."""
     s = settings
     steps_per_epoch = len(train_loader)
     warmup_steps = round(s.warmup_epochs * steps_per_epoch)
@@ -263,10 +277,10 @@ def fit(
         )
         row = {"epoch": epoch, **stats}
         if epoch % s.eval_interval == 0 or epoch == s.epochs:
-            row |= evaluate(trained, test_loader, s)
+            row |= evaluate(trained, test_loader, s, num_classes)
         row["lr"] = scheduler.get_last_lr()[0]
         record.end_epoch(row, model, optimizer, scheduler, train_loader)
-        tracker.log(row, step=step)
+        tracker.log({k: v for k, v in row.items() if k != "confusion"}, step=step)
         log.info(epoch_line(row, s.epochs))
 
 

@@ -7,6 +7,7 @@ listed in ``table.attrs["notes"]`` and printed with the table.
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from vitsweep.errors import ConfigError
@@ -47,6 +48,21 @@ def _joined(values: pd.Series) -> str | None:
     return "; ".join(sorted({str(v) for v in values.dropna()})) or None
 
 
+def mean_by_key(values: pd.Series) -> dict[str, float]:
+    """Mappings (one per run) averaged key by key, in the first mapping's order; a key a run
+    lacks, or holds as null, is averaged over the runs that have it."""
+    frame = pd.DataFrame([v for v in values if isinstance(v, dict)])
+    return {str(k): float(v) for k, v in frame.mean(skipna=True).items() if pd.notna(v)}
+
+
+def _worst(values: pd.Series, fmt: str) -> str | None:
+    means = mean_by_key(values)
+    if not means:
+        return None
+    name = min(means, key=means.get)
+    return f"{name} {fmt.format(100 * means[name])}"
+
+
 def _accuracy(group: pd.DataFrame, confidence: float) -> dict[str, Any]:
     """n, the interval of best top-1 and the per-seed values of a row's completed runs."""
     scored = group[group["status"].isin(DONE)].dropna(subset=["best_top1"])
@@ -76,10 +92,30 @@ def aggregate(runs: pd.DataFrame, keys: list[str], confidence: float) -> pd.Data
             table[f"{column.name}_std"] = stats["std"].reindex(table.index)
         elif column.combine == "each":
             table[column.name] = groups[column.name].agg(_joined)
+        elif column.combine == "worst":
+            worst = done.groupby("label", sort=False)[column.name].agg(_worst, fmt=column.fmt)
+            table[column.name] = worst.reindex(table.index)
         else:  # the first run that has it (a failed run may lack its size)
             table[column.name] = groups[column.name].first()
     sure = pd.DataFrame([_accuracy(g, confidence) for _, g in groups], index=table.index)
     return table.join(sure).reset_index()
+
+
+def per_class(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Each row's top-1 per class (%, mean over its completed seeds): rows × classes."""
+    labels = label_runs(runs, list(table.attrs.get("keys", [])))
+    done = runs["status"].isin(DONE)
+    means = {label: mean_by_key(group["per_class_top1"])
+             for label, group in runs[done].groupby(labels[done], sort=False)}  # fmt: skip
+    rows = [means.get(label, {}) for label in table["label"]]
+    return pd.DataFrame(rows, index=list(table["label"])).mul(100)
+
+
+def summed_confusion(runs: pd.DataFrame, label: str, keys: list[str]) -> np.ndarray | None:
+    """The confusion matrices of a row's completed seeds, added up."""
+    done = runs[runs["status"].isin(DONE) & (label_runs(runs, keys) == label)]
+    matrices = [np.array(m) for m in done["confusion"] if isinstance(m, list)]
+    return np.sum(matrices, axis=0) if matrices else None
 
 
 def notes_on(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:

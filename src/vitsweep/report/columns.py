@@ -19,8 +19,10 @@ class Column:
     ``value(config, summary)`` reads it from a run's record (its resolved config and its
     summary.json, or the same two from W&B). ``combine`` says how the seeds of one row make one
     cell: ``mean`` (mean ± std over the seeds that completed), ``first`` (the same for every
-    seed: a size), or ``each`` (the distinct values, joined). ``only_if_varies``: shown only
-    when the rows differ in it (a table of one precision needs no precision column)."""
+    seed: a size), ``each`` (the distinct values, joined), or ``worst`` (the value is a
+    mapping, such as each class's top-1: averaged key by key over the completed seeds, the
+    cell is the lowest key and its mean). ``only_if_varies``: shown only when the rows differ
+    in it (a table of one precision needs no precision column)."""
 
     name: str
     heading: str
@@ -95,6 +97,9 @@ COLUMNS = [
     ),  # fmt: skip
     Column("test_s_per_epoch", "test s/epoch", from_summary("test_s_per_epoch"), "mean", "{:.2f}"),
     Column("train_img_per_s", "train img/s", from_summary("train_img_per_s"), "mean", "{:.0f}"),
+    Column(
+        "worst_class", "worst class (top-1 %)", from_summary("per_class_top1"), "worst", "{:.2f}"
+    ),  # fmt: skip
     Column("peak_mem_mb", "peak MB", from_summary("peak_mem_mb"), "mean", "{:.0f}"),
     Column("epochs_done", "epochs", from_summary("epochs_done"), fmt="{:.0f}"),
     Column("precision", "precision", from_summary("precision"), "each", only_if_varies=True),

@@ -4,6 +4,7 @@ atomically, readable at the README's width)."""
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vitsweep.files import write_atomic
@@ -101,5 +102,47 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> None:
         ax.set(xlabel=xlabel, ylabel="best test top-1 (%)")
         ax.grid(True, alpha=0.3)
     fig.suptitle("Accuracy against cost (upper left is better)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_confusion(panels: list[tuple[str, np.ndarray, list[str]]], path: Path) -> None:
+    """Confusion matrices side by side (``panels``: title, matrix, class names), each row
+    normalised by its true class's count, so the diagonal is each class's top-1."""
+    fig, axes = _pyplot().subplots(1, len(panels), figsize=(5.6 * len(panels), 5.2),
+                                   squeeze=False)  # fmt: skip
+    for ax, (title, matrix, classes) in zip(axes[0], panels):
+        counts = matrix.sum(axis=1, keepdims=True)
+        share = np.divide(matrix, counts, out=np.zeros(matrix.shape), where=counts > 0)
+        image = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        ticks = range(len(classes))
+        ax.set_xticks(ticks, classes, rotation=90, fontsize=7)
+        ax.set_yticks(ticks, classes, fontsize=7)
+        ax.set(xlabel="predicted class", ylabel="true class", title=title)
+        if len(classes) <= 12:
+            for (i, j), value in np.ndenumerate(share):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if value > 0.5 else "black")  # fmt: skip
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="share of the true class")
+    _save(fig, path)
+
+
+def plot_data_efficiency(points: pd.DataFrame, path: Path) -> None:
+    """Best top-1 against the number of training images: a line per configuration (``points``:
+    label, images, best_top1, low, high), with its interval over seeds where it has one."""
+    fig, ax = _pyplot().subplots(figsize=(7, 4.2))
+    for label, line in points.sort_values("images").groupby("label", sort=False):
+        below = (line["best_top1"] - line["low"]).fillna(0)
+        above = (line["high"] - line["best_top1"]).fillna(0)
+        ax.errorbar(line["images"], line["best_top1"], yerr=[below, above], marker="o",
+                    capsize=3, label=short(label) or "all")  # fmt: skip
+    ax.set_xscale("log")
+    sizes = sorted(points["images"].unique())
+    ax.set_xticks(sizes, [f"{size:,.0f}" for size in sizes])
+    ax.minorticks_off()
+    ax.set(xlabel="training images", ylabel="best test top-1 (%)",
+           title="Data efficiency (bars: the interval over seeds)")  # fmt: skip
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)

@@ -47,9 +47,11 @@ def row_from_run(
     run_id: str,
 ) -> dict[str, Any]:
     """One table row from what every run records, whichever source it came from."""
+    overrides = list(overrides)
     identity = {
         "run": run_id,
         "status": summary.get("status", "missing"),
+        "overrides": overrides,
         **{f"override:{k}": v for k, v in parse_overrides(overrides).items()},
         "model": config.get("choices", {}).get("model"),
         "data": config.get("data", {}).get("name"),
@@ -58,6 +60,12 @@ def row_from_run(
         "torch": summary.get("torch"),
         "cuda": summary.get("cuda"),
         "error": summary.get("error"),
+        "classes": summary.get("classes"),
+        "confusion": summary.get("confusion"),
+        "per_class_top1": summary.get("per_class_top1"),
+        "train_images": summary.get("train_images"),
+        "data_fingerprint": summary.get("data_fingerprint"),
+        "python": summary.get("python"),
     }
     return identity | {c.name: c.value(config, summary) for c in columns()}
 

@@ -2,6 +2,7 @@
 column, what produced it), comparison.csv, and the plots."""
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,15 @@ from typing import Any
 import pandas as pd
 
 from vitsweep.files import write_atomic
-from vitsweep.report.aggregate import comparison_table, label_runs, varying_overrides
+from vitsweep.report.aggregate import (
+    comparison_table,
+    label_runs,
+    per_class,
+    summed_confusion,
+    varying_overrides,
+)
 from vitsweep.report.columns import Column, columns
+from vitsweep.report.plots import short
 from vitsweep.sweep import read_sweep_record
 
 
@@ -142,6 +150,88 @@ def notes_text(table: pd.DataFrame) -> str:
     return "**Read with care:**\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
 
+def per_class_text(runs: pd.DataFrame, table: pd.DataFrame, most: int = 20) -> str:
+    """Rows × classes: each row's top-1 per class (mean over its seeds), for up to ``most``
+    classes."""
+    frame = per_class(runs, table)
+    if frame.empty or not 0 < frame.shape[1] <= most:
+        return ""
+    cells = frame.map(lambda v: "—" if pd.isna(v) else f"{v:.2f}")
+    cells.insert(0, "row", [short(label) for label in frame.index])
+    markdown = cells.to_markdown(index=False, disable_numparse=True)
+    return (
+        f"Top-1 % per class (at each run's best epoch, mean over the row's seeds):\n\n{markdown}\n"
+    )
+
+
+def confusion_panels(runs: pd.DataFrame, table: pd.DataFrame) -> list[tuple[str, Any, list]]:
+    """The baseline row's and the best row's summed confusion matrices, with class names."""
+    keys = list(table.attrs.get("keys", []))
+    best = table["best_top1"].astype(float).idxmax() if table["best_top1"].notna().any() else None
+    chosen = {int(table.index[table["baseline"]][0]): "baseline"}
+    if best is not None and int(best) not in chosen:
+        chosen[int(best)] = "best"
+    panels = []
+    for position, role in chosen.items():
+        label = table["label"][position]
+        matrix = summed_confusion(runs, label, keys)
+        names = next((c for c in runs.loc[label_runs(runs, keys) == label, "classes"]
+                      if isinstance(c, list)), None)  # fmt: skip
+        if matrix is not None:
+            names = names or [str(i) for i in range(len(matrix))]
+            panels.append((f"{role}: {short(label)}", matrix, names))
+    return panels
+
+
+def efficiency_points(table: pd.DataFrame) -> pd.DataFrame:
+    """For a sweep that varies ``data.subset``: each row's training images and best top-1,
+    named by its other choices."""
+    others = [k for k in table.attrs.get("keys", []) if k != "data.subset"]
+    images = table["train_images"].fillna(pd.to_numeric(table["override:data.subset"],
+                                                         errors="coerce"))  # fmt: skip
+    return pd.DataFrame({
+        "label": label_runs(table, others) if others else "all",
+        "images": images, "best_top1": table["best_top1"],
+        "low": table["best_top1_low"], "high": table["best_top1_high"],
+    }).dropna(subset=["images", "best_top1"])  # fmt: skip
+
+
+def manifest(runs: pd.DataFrame, table: pd.DataFrame, sweep: dict[str, Any]) -> dict[str, Any]:
+    """What a reproduction needs: per row its overrides (less the seed), seeds, runs and
+    per-seed best top-1; for the sweep the harness commit and its state, versions, device
+    and data fingerprints."""
+    labels = label_runs(runs, list(table.attrs.get("keys", [])))
+
+    def distinct(frame: pd.DataFrame, column: str) -> list[str]:
+        return sorted({str(v) for v in frame[column].dropna()})
+
+    rows = []
+    for _, row in table.iterrows():
+        group = runs[labels == row["label"]]
+        seeds = sorted({int(s) for s in group["seed"].dropna()})
+        first = next(iter(group["overrides"]), [])
+        rows.append({
+            "label": row["label"],
+            "overrides": [o for o in first if o.split("=", 1)[0].lstrip("+~") != "seed"],
+            "seeds": seeds, "runs": list(group["run"]),
+            "best_top1": {str(k): v for k, v in row["per_seed"].items()},
+            "mean": _number(row["best_top1"]), "low": _number(row["best_top1_low"]),
+            "high": _number(row["best_top1_high"]), "n": int(row["n"]),
+            "data_fingerprint": distinct(group, "data_fingerprint"),
+        })  # fmt: skip
+    harness = sweep.get("harness") or {"commit": None, "dirty": None, "diff_sha256": None}
+    return {
+        "sweep": sweep.get("name"), "command": sweep.get("command"), "harness": harness,
+        "versions": {v: distinct(runs, v) for v in ("python", "torch", "cuda")},
+        "device": distinct(runs, "device"), "data": distinct(runs, "data_fingerprint"),
+        "confidence": table.attrs.get("confidence"), "rows": rows,
+    }  # fmt: skip
+
+
+def _number(value: Any) -> float | None:
+    return None if _missing(value) else float(value)
+
+
 def write_report(
     runs: pd.DataFrame,
     curves: pd.DataFrame,
@@ -153,7 +243,12 @@ def write_report(
     """Write comparison.md/.csv and the plots into ``out_dir``; returns the table (its
     headline in ``table.attrs["headline"]``, what to read with care in ``attrs["notes"]``).
     ``source`` is the sweep directory (its sweep.yaml gives the footer) or a W&B group."""
-    from vitsweep.report.plots import plot_curves, plot_pareto
+    from vitsweep.report.plots import (
+        plot_confusion,
+        plot_curves,
+        plot_data_efficiency,
+        plot_pareto,
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep = read_sweep_record(Path(source)) if Path(source).is_dir() else {}
@@ -163,10 +258,17 @@ def write_report(
     text = "\n".join(part for part in [
         f"# Sweep {out_dir.name}\n\nFrom {source} ({len(runs)} jobs).\n",
         headline, how_to_read(table), notes_text(table),
-        "All columns:\n", to_markdown(table, keys), footer(runs, curves, sweep),
+        "All columns:\n", to_markdown(table, keys), per_class_text(runs, table),
+        footer(runs, curves, sweep),
     ] if part)  # fmt: skip
     write_atomic(out_dir / "comparison.md", text)
-    write_atomic(out_dir / "comparison.csv", table.drop(columns="per_seed").to_csv(index=False))
+    kept = table.drop(columns=["per_seed", "overrides", "confusion", "classes", "per_class_top1"])
+    write_atomic(out_dir / "comparison.csv", kept.to_csv(index=False))
+    write_atomic(out_dir / "manifest.json", json.dumps(manifest(runs, table, sweep), indent=2))
+    if panels := confusion_panels(runs, table):
+        plot_confusion(panels, out_dir / "confusion.png")
+    if "data.subset" in keys and len(points := efficiency_points(table)):
+        plot_data_efficiency(points, out_dir / "data_efficiency.png")
     labels = dict(zip(runs["run"], label_runs(runs, keys)))
     plot_curves(curves, labels, "test_acc", "test top-1 (%)", out_dir / "accuracy.png", 100)
     plot_curves(curves, labels, "train_s", "train seconds per epoch", out_dir / "latency.png")
