@@ -33,6 +33,11 @@ def read_runs(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
         name, source = check_sweep_name(args.name or args.group), f"W&B {args.wandb}, group "
         return runs, curves, name, source + args.group
     runs, curves = load_sweep(args.sweep_dir)
+    if runs.empty and (
+        inside := sorted(p.parent.name for p in args.sweep_dir.glob("*/sweep.yaml"))
+    ):
+        raise ConfigError(f"{args.sweep_dir} holds sweeps, not jobs: give one sweep's directory "
+                          f"({', '.join(inside[:5])})")  # fmt: skip
     name = check_sweep_name(args.name) if args.name else sweep_name(args.sweep_dir, runs)
     return runs, curves, name, str(args.sweep_dir)
 

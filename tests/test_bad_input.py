@@ -8,7 +8,8 @@ from tests.conftest import QUICK, TINY
 
 # (overrides, what the one line must say). At least one case for every field a run reads.
 CASES = [
-    ("seed=-1", "seed=-1: expected an integer >= 0"),
+    ("seed=-1", "seed=-1: expected an integer from 0 to 2**63 - 1"),
+    ("seed=18446744073709551616", "seed=18446744073709551616: expected an integer from 0"),
     ("seed=abc", "seed='abc': expected an integer"),
     ("+foo=1", "foo is not a setting of RunConfig"),
     ("trainer.epochs=-1", "trainer.epochs=-1: expected an integer >= 0"),
@@ -76,6 +77,10 @@ CASES = [
     (
         "data=fashion_mnist data.root=absent data.source.system_dir=absent "
         "data.source.download=false",
+        "Fashion-MNIST not found",
+    ),
+    (
+        "data=fashion_mnist data.root=/etc/hostname data.source.download=false",
         "Fashion-MNIST not found",
     ),
     ("device.name=tpu", "device.name='tpu': expected auto, cpu, cuda, cuda:N or mps"),

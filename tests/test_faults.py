@@ -404,3 +404,107 @@ def test_killing_a_joblib_sweeps_main_process_stops_its_workers(tmp_path):
     assert not any(map(_alive, workers)), "a worker trained on after its sweep was killed"
     for job in jobs:
         assert json.loads((job / "summary.json").read_text())["status"] == "interrupted"
+
+
+# More cases in the same spirit (found by trying the harness as a user would).
+
+
+def test_a_sweep_named_wandb_still_gets_its_table(cli, tmp_path):
+    result = cli("-m", "attention=softmax,linear", *SMALL, "trainer.epochs=0", "sweep_name=wandb")
+    assert result.returncode == 0, result.stderr
+    assert len(_table(tmp_path, "wandb")) == 2
+
+
+def test_report_on_a_folder_of_sweeps_is_one_line(cli, tmp_path, monkeypatch, capsys):
+    from report import main as report_main
+
+    assert cli("-m", "attention=softmax,linear", *SMALL, "trainer.epochs=0",
+               "sweep_name=a").returncode == 0  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert report_main(["multirun"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: multirun holds sweeps, not jobs") and "(a)" in err
+
+
+def test_one_sweep_name_in_two_sweep_directories_is_refused_before_any_job(cli, tmp_path):
+    grid = ["-m", "attention=softmax,linear", *SMALL, "trainer.epochs=0", "sweep_name=A"]
+    assert cli(*grid).returncode == 0
+    before = (tmp_path / "results" / "A" / "comparison.md").read_bytes()
+    other = cli(*grid, "hydra.sweep.dir=elsewhere")
+    assert other.returncode == 2
+    _one_error_line(other, "results/A holds the table of another sweep (multirun/A)")
+    assert (tmp_path / "results" / "A" / "comparison.md").read_bytes() == before
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_number_that_is_both_a_row_and_a_value_is_refused_and_hash_means_row():
+    from vitsweep.report import pick_baseline
+
+    labels = ["model.depth=2", "model.depth=1"]
+    with pytest.raises(ConfigError, match="both a row number and model.depth=1.*'#1'"):
+        pick_baseline(labels, 1)
+    assert pick_baseline(labels, "#1") == 0 and pick_baseline(labels, "model.depth=1") == 1
+    assert pick_baseline(["attention=softmax", "attention=linear"], 2) == 1
+
+
+def test_a_grid_that_repeats_a_job_is_refused_before_any_job(cli, tmp_path):
+    result = cli("-m", "optim.lr=1e-3,1e-3", *SMALL, "sweep_name=dup")
+    assert result.returncode == 2
+    _one_error_line(result, "lists the job", "twice")
+    assert not (tmp_path / "multirun" / "dup").exists()
+
+
+def test_weights_that_explode_without_a_nan_training_loss_are_diverged(cli, tmp_path):
+    result = cli(*SMALL, "optim=sgd", "optim.lr=1e6", "hydra.run.dir=run")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("diverged: non-finite test loss at step")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+
+
+@pytest.mark.parametrize("value", ["no", "off", "'false'", "maybe"])
+def test_dry_run_takes_true_or_false_only(cli, tmp_path, value):
+    for multirun in ([], ["-m"]):
+        result = cli(*multirun, *SMALL, f"dry_run={value}", "sweep_name=dry")
+        assert result.returncode == 2
+        _one_error_line(result, "dry_run=", "expected true or false")
+
+
+def test_only_the_folders_right_under_a_sweep_are_its_jobs(tmp_path):
+    sweep = tmp_path / "s"
+    for job in ("0", "10", "2", "extra"):
+        (sweep / job).mkdir(parents=True)
+        (sweep / job / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "overrides": []}))
+        (sweep / job / "summary.json").write_text(json.dumps({"status": "completed"}))
+    stray = sweep / "outputs" / "2026-12-01" / "10-00-00"  # an older run below the sweep
+    stray.mkdir(parents=True)
+    (stray / "summary.json").write_text(json.dumps({"status": "completed"}))
+    runs, _ = load_sweep(sweep)
+    assert list(runs["run"]) == ["0", "2", "10", "extra"]
+
+
+def test_a_difference_with_no_spread_has_no_p_value():
+    from vitsweep.stats import compare
+
+    found = compare({0: 50.0, 1: 60.0}, {0: 51.5, 1: 61.5})
+    assert found.diff == pytest.approx(1.5) and found.low == found.high == found.diff
+    assert found.p != found.p  # nan: no test is possible, and nothing is marked significant
+    runs = pd.DataFrame([_record("softmax", 0, 0.50), _record("softmax", 1, 0.60),
+                         _record("linear", 0, 0.515), _record("linear", 1, 0.615)])  # fmt: skip
+    markdown = to_markdown(comparison_table(runs), ["attention"])
+    assert "(paired: no spread)" in markdown and "*" not in markdown
+
+
+def test_jobs_of_the_grid_without_a_record_and_why_jobs_failed_are_notes(cli, tmp_path):
+    from report import main as report_main
+
+    result = cli("-m", "model.dim=32,30", *TINY, "trainer.epochs=1", "sweep_name=n")
+    assert result.returncode == 1
+    notes = (tmp_path / "results" / "n" / "comparison.md").read_text()
+    assert "1 (failed): model.dim=30 is not divisible by model.heads=8" in notes
+    import shutil
+
+    shutil.rmtree(tmp_path / "multirun" / "n" / "1")
+    assert report_main([str(tmp_path / "multirun" / "n"), "--results", str(tmp_path / "r")]) == 0
+    notes = (tmp_path / "r" / "n" / "comparison.md").read_text()
+    assert "1 of the grid's 2 jobs have no record" in notes

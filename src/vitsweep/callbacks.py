@@ -1,13 +1,11 @@
 """Hydra callbacks: what happens around a run or a multirun without anyone asking."""
 
 import atexit
-import itertools
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,8 +15,10 @@ from vitsweep.record import DONE
 from vitsweep.signals import SWEEP_PID, interrupt_on_sigterm, restore_sigterm
 from vitsweep.sweep import (
     ReportSettings,
+    check_results_folder,
     check_sweep_name,
     claim_sweep,
+    expand_grid,
     git_commit,
     harness_state,
 )
@@ -53,20 +53,23 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
     """The override lists of the jobs Hydra's basic sweeper will launch, in its order: the
-    sweeper's parameters (an experiment's grid), then the command line (which replaces a
-    parameter of the same key), each list of choices a factor of the product."""
+    sweeper's parameters (an experiment's grid), then the command line."""
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    factors: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(arguments):
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            if not override.is_discrete_sweep():
-                raise ConfigError(f"{key}: the basic sweeper takes lists of choices, not ranges")
-            factors[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
-        else:
-            factors[key] = [f"{key}={override.get_value_element_as_str()}"]
-    return [list(job) for job in itertools.product(*factors.values())]
+    return expand_grid(arguments)
+
+
+def check_no_repeated_job(config: DictConfig) -> None:
+    """A grid that lists one job twice (``optim.lr=1e-3,1e-3``) would train the same run twice
+    and count it as two samples: refused (the basic sweeper's grid; another's is its own)."""
+    if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
+        return
+    seen: set[frozenset[str]] = set()
+    for job in sweep_jobs(config):
+        if (key := frozenset(job)) in seen:
+            raise ConfigError(f"the grid lists the job {' '.join(job)} twice: a value repeats "
+                              "in a list of choices")  # fmt: skip
+        seen.add(key)
 
 
 def size_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
@@ -98,12 +101,19 @@ class DryRun(Callback):
     CPU (parameters, tokens, forward FLOPs), then stop: nothing is created or trained. Exit 0,
     or 2 if a job's config is bad (its line says why)."""
 
+    @staticmethod
+    def asked(config: DictConfig) -> bool:
+        value = config.get("dry_run", False)
+        if not isinstance(value, bool):  # dry_run=no would be a string, and true
+            _refuse(ConfigError(f"dry_run={value!r}: expected true or false"))
+        return value
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("dry_run"):
+        if self.asked(config):
             self.plan(config, [list(config.hydra.overrides.task)])
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.get("dry_run"):
+        if not self.asked(config):
             return
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_")
         if sweeper != BASIC_SWEEPER:
@@ -153,6 +163,11 @@ class ClaimDirectories(Callback):
                 "commit": git_commit(harness),
                 "harness": harness,
             }
+            check_no_repeated_job(config)
+            results = (
+                OmegaConf.select(config, "hydra.callbacks.comparison.results_dir") or "results"
+            )
+            check_results_folder(Path(results) / about["name"], Path(config.hydra.sweep.dir))
             claim_sweep(Path(config.hydra.sweep.dir), sweep_grid(config), resume, about)
         except ConfigError as err:
             _refuse(err)

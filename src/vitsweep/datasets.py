@@ -151,9 +151,12 @@ def load_fashion_mnist(
     """Fashion-MNIST through torchvision, from Debian's package files when they are there."""
     from torchvision.datasets import FashionMNIST
 
-    if system_dir and Path(system_dir).is_dir():
-        _copy_system_fashion_mnist(Path(system_dir), Path(root))
     fix = "run `apt-get install dataset-fashion-mnist`, set data.root, or use data=digits"
+    if system_dir and Path(system_dir).is_dir():
+        try:
+            _copy_system_fashion_mnist(Path(system_dir), Path(root))
+        except OSError as err:  # a root that is a file, or cannot be written
+            raise _missing("Fashion-MNIST", root, err, fix) from None
     make = lambda train: _from_torchvision(FashionMNIST(root, train=train, download=download))  # noqa: E731
     return _torchvision_pair("Fashion-MNIST", make, root, fix)
 

@@ -15,10 +15,11 @@ class ConfigError(ValueError):
 
 
 class Diverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss (``what``: the training loss, or the test loss after it) became NaN or
+    infinite."""
 
-    def __init__(self, step: int) -> None:
-        super().__init__(f"non-finite loss at step {step}")
+    def __init__(self, step: int, what: str = "loss") -> None:
+        super().__init__(f"non-finite {what} at step {step}")
         self.step = step
 
 

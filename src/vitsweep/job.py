@@ -73,7 +73,7 @@ class RunConfig:
     report: dict[str, Any] | None = free_on_resume()  # how a sweep's table compares rows
 
     def __post_init__(self) -> None:
-        require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        require(0 <= self.seed < 2**63, "seed", self.seed, "an integer from 0 to 2**63 - 1")
         if self.sweep_name is not None:
             check_sweep_name(self.sweep_name)
 

@@ -52,11 +52,12 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
 
 
 def _t_test(diff: float, se: float, dof: float, confidence: float) -> tuple[float, float, float]:
-    """Interval and two-sided p-value of ``diff`` with standard error ``se``."""
+    """Interval and two-sided p-value of ``diff`` with standard error ``se``; with no spread
+    at all (``se`` 0) the test is undefined and the p-value is nan, never a false certainty."""
     from scipy import stats
 
-    if se == 0:  # no spread at all: either no difference, or one beyond any doubt
-        return diff, diff, 1.0 if diff == 0 else 0.0
+    if se == 0:
+        return diff, diff, math.nan
     half = t_quantile(confidence, dof) * se
     p = 2 * float(stats.t.sf(abs(diff) / se, dof))
     return diff - half, diff + half, p

@@ -6,6 +6,8 @@ again only to finish that same grid (``trainer.resume=true``); another grid is r
 """
 
 import hashlib
+import itertools
+import json
 import os
 import platform
 import subprocess
@@ -95,6 +97,35 @@ def commit_exists(repo: Path, commit: str) -> bool:
     return True
 
 
+def expand_grid(arguments: list[str]) -> list[list[str]]:
+    """The jobs of a grid as Hydra's basic sweeper makes them: each list of choices a factor
+    of the product, a later override replacing an earlier one of the same key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    factors: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise ConfigError(f"{key}: the basic sweeper takes lists of choices, not ranges")
+            factors[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            factors[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*factors.values())]
+
+
+def grid_size(grid: dict[str, Any]) -> int | None:
+    """How many jobs a sweep's recorded grid holds (None where it is no list of choices: an
+    Optuna search space)."""
+    if "overrides" not in grid:
+        return None
+    params = [f"{k}={v}" for k, v in (grid.get("params") or {}).items()]
+    try:
+        return len(expand_grid(params + list(grid.get("overrides") or [])))
+    except Exception:
+        return None
+
+
 def holds_jobs(sweep_dir: Path) -> bool:
     """Whether jobs of an earlier sweep (with or without a sweep.yaml) are in the directory."""
     return any(sweep_dir.glob("*/config.yaml")) or any(sweep_dir.glob("**/.hydra/overrides.yaml"))
@@ -168,6 +199,18 @@ def check_writable(directory: Path) -> None:
             pass
     except OSError as err:
         raise ConfigError(f"cannot write the sweep directory {directory}: {err.strerror}") from None
+
+
+def check_results_folder(out_dir: Path, source: str | os.PathLike) -> None:
+    """A results folder belongs to one sweep: one that holds another sweep's table (its
+    manifest names another source) is refused, never overwritten."""
+    try:
+        earlier = json.loads((Path(out_dir) / "manifest.json").read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return
+    if earlier is not None and Path(str(earlier)).resolve() != Path(str(source)).resolve():
+        raise ConfigError(f"{out_dir} holds the table of another sweep ({earlier}); choose "
+                          "another sweep_name (report.py: --name)")  # fmt: skip
 
 
 def read_sweep_record(sweep_dir: Path) -> dict[str, Any]:

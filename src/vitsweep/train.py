@@ -278,6 +278,8 @@ def fit(
         row = {"epoch": epoch, **stats}
         if epoch % s.eval_interval == 0 or epoch == s.epochs:
             row |= evaluate(trained, test_loader, s, num_classes)
+            if not math.isfinite(row["test_loss"]):  # finite but exploded weights: no model
+                raise Diverged(step, "test loss")
         row["lr"] = scheduler.get_last_lr()[0]
         record.end_epoch(row, model, optimizer, scheduler, train_loader)
         tracker.log({k: v for k, v in row.items() if k != "confusion"}, step=step)

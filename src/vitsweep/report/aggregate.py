@@ -132,6 +132,9 @@ def notes_on(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
             notes.append(f"row {label!r} holds {len(group)} runs with repeated seed(s) "
                          f"{', '.join(map(str, repeated))}: they differ in something the "
                          "table does not name; compared unpaired")  # fmt: skip
+    for _, run in runs[~runs["status"].isin(DONE)].iterrows():
+        why = f": {run['error']}" if isinstance(run.get("error"), str) else ""
+        notes.append(f"{run['run']} ({run['status']}){why}")
     precisions = sorted({str(p) for p in runs["precision"].dropna()})
     if len(precisions) > 1:
         notes.append(f"the runs were trained in different precisions ({', '.join(precisions)}): "
@@ -140,13 +143,19 @@ def notes_on(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
 
 
 def pick_baseline(labels: list[str], spec: int | str | None) -> int:
-    """The baseline row's position: the first row, a 1-based row number, or the one row whose
-    label has every ``key=value`` (or value) given, e.g. "attention=softmax embedding=patch"."""
+    """The baseline row's position: the first row, a 1-based row number (``#2``, or ``2`` where
+    no row has the value 2), or the one row whose label has every ``key=value`` (or value)
+    given, e.g. "attention=softmax embedding=patch"."""
     if spec is None or spec == "":
         return 0
-    if isinstance(spec, int) or str(spec).isdigit():
-        if 1 <= int(spec) <= len(labels):
-            return int(spec) - 1
+    text = str(spec).strip()
+    values = {part.split("=")[-1]: part for label in labels for part in label.split()}
+    if text.isdigit() and text in values:  # both a row number and a value: say which
+        raise ConfigError(f"report.baseline={spec} is both a row number and {values[text]}: "
+                          f"write '#{text}' for row {text}, or '{values[text]}'")  # fmt: skip
+    if text.lstrip("#").isdigit():
+        if 1 <= int(text.lstrip("#")) <= len(labels):
+            return int(text.lstrip("#")) - 1
         raise ConfigError(f"report.baseline={spec}: there are {len(labels)} rows")
     wanted = str(spec).replace(",", " ").split()
     matches = [i for i, label in enumerate(labels)

@@ -81,10 +81,13 @@ def _read(path: Path, parse: Any) -> Any:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """Every job's directory under a sweep (a directory with a run record), in job order."""
-    found = {p.parent for name in ("config.yaml", "summary.json") for p in sweep_dir.rglob(name)}
-    found = {p for p in found if p != sweep_dir and "wandb" not in p.parts}
-    return sorted(found, key=lambda p: [int(s) if s.isdigit() else s for s in p.parts])
+    """Every job's directory of a sweep: the folders right under it that hold a run record
+    (Hydra puts job N in <sweep dir>/N), in job order. Deeper folders (a W&B run's files, an
+    older run that happens to lie below) are not the sweep's jobs."""
+    found = {p.parent for name in ("config.yaml", "summary.json")
+             for p in sweep_dir.glob(f"*/{name}")}  # fmt: skip
+    # numbers in numeric order, then other names: comparable keys whatever the names
+    return sorted(found, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
 
 def read_job(job: Path, run_id: str) -> dict[str, Any]:

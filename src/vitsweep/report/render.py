@@ -19,7 +19,7 @@ from vitsweep.report.aggregate import (
 )
 from vitsweep.report.columns import Column, columns
 from vitsweep.report.plots import short
-from vitsweep.sweep import read_sweep_record
+from vitsweep.sweep import check_results_folder, grid_size, read_sweep_record
 
 
 def _missing(value: Any) -> bool:
@@ -69,6 +69,11 @@ def _difference(row: pd.Series) -> tuple[str, str]:
     diff = f"{row['diff_best_top1']:+.2f}"
     if row["test"] == "n=1":
         return diff, "n=1"
+    if pd.isna(row["p_value"]):  # every seed's difference the same: no test is possible
+        return (
+            f"{diff} [{row['diff_low']:+.2f}, {row['diff_high']:+.2f}]",
+            f"— ({row['test']}: no spread)",
+        )
     star = " *" if row["significant"] else ""
     return (
         f"{diff} [{row['diff_low']:+.2f}, {row['diff_high']:+.2f}]",
@@ -250,10 +255,15 @@ def write_report(
         plot_pareto,
     )
 
+    check_results_folder(out_dir, source)
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep = read_sweep_record(Path(source)) if Path(source).is_dir() else {}
     keys = varying_overrides(runs, sweep.get("grid"))
     table = comparison_table(runs, baseline, confidence, keys)
+    expected = grid_size(sweep.get("grid") or {}) if sweep.get("grid") else None
+    if expected and len(runs) < expected:
+        table.attrs["notes"].append(f"{expected - len(runs)} of the grid's {expected} jobs have "
+                                    "no record: not run yet, or deleted")  # fmt: skip
     headline = to_markdown(table, keys, headline=True)
     text = "\n".join(part for part in [
         f"# Sweep {out_dir.name}\n\nFrom {source} ({len(runs)} jobs).\n",
@@ -264,7 +274,8 @@ def write_report(
     write_atomic(out_dir / "comparison.md", text)
     kept = table.drop(columns=["per_seed", "overrides", "confusion", "classes", "per_class_top1"])
     write_atomic(out_dir / "comparison.csv", kept.to_csv(index=False))
-    write_atomic(out_dir / "manifest.json", json.dumps(manifest(runs, table, sweep), indent=2))
+    found = manifest(runs, table, sweep) | {"source": str(source)}
+    write_atomic(out_dir / "manifest.json", json.dumps(found, indent=2))
     if panels := confusion_panels(runs, table):
         plot_confusion(panels, out_dir / "confusion.png")
     if "data.subset" in keys and len(points := efficiency_points(table)):
