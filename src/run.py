@@ -2,6 +2,7 @@
 
     python src/run.py model=vitx device=cuda
     python src/run.py -m attention=softmax,linear embedding=patch,cnn
+    python src/run.py -m search=optuna search.trials=40 search.workers=4 search.pruner=asha
 
 Each run writes config.yaml, history.csv, summary.json and checkpoint.pt into its own
 directory; a multirun ends in results/<sweep_name>/ (vitsweep.callbacks).
@@ -15,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vitsweep.job import JobInfo, run_job
+from vitsweep.search import run_worker
 
 
 def this_job(cfg: DictConfig) -> JobInfo:
@@ -35,7 +37,10 @@ def this_job(cfg: DictConfig) -> JobInfo:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """One run, or one job of a multirun: claimed, built, trained and recorded by
-    ``vitsweep.job.run_job``; returns its best test accuracy (Optuna's objective)."""
+    ``vitsweep.job.run_job``; in a search (``search=...``), an Optuna worker whose trials are
+    such runs (``vitsweep.search.run_worker``)."""
+    if cfg.get("search"):
+        return run_worker(cfg, this_job(cfg))
     return run_job(cfg, this_job(cfg))
 
 

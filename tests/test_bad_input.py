@@ -63,6 +63,7 @@ CASES = [
     ("+optim.foo=1", "optim.foo is not a setting of AdamW"),
     ("data.subset=-1", "data.subset=-1: expected a positive integer or null"),
     ("data.subset=0", "data.subset=0"),
+    ("data.val_fraction=1.0", "data.val_fraction=1.0: expected a number in [0, 1)"),
     ("data.loader=dali", "data.loader='dali': expected device or torchvision"),
     ("data.mean=[0.5]", "data.mean=[0.5]: expected one number per channel (3)"),
     ("data.std=[0,0,0]", "data.std=[0, 0, 0]: expected positive numbers"),

@@ -123,6 +123,7 @@ def test_the_showcase_tables_are_the_generated_numbers():
         ("embedding", "configuration.md"),
         ("data", "data.md"),
         ("experiment", "sweeps.md"),
+        ("search", "sweeps.md"),
     ],  # fmt: skip
 )
 def test_every_option_has_a_row_in_its_docs_page(group, page):

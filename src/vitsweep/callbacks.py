@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitsweep.errors import ConfigError
 from vitsweep.fields import check_fields
-from vitsweep.record import DONE
+from vitsweep.record import FINISHED
 from vitsweep.signals import SWEEP_PID, interrupt_on_sigterm, restore_sigterm
 from vitsweep.sweep import (
     ReportSettings,
@@ -259,7 +259,7 @@ class ComparisonReport(Callback):
                 file=sys.stderr,
             )
             raise SystemExit(1) from None
-        not_completed = int((~runs["status"].isin(DONE)).sum())
+        not_completed = int((~runs["status"].isin(FINISHED)).sum())
         print(
             f"\n{table.attrs['headline']}\nComparison of {len(runs)} jobs ({not_completed} not "
             f"completed) in {out_dir}/"

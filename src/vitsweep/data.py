@@ -10,13 +10,14 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from vitsweep.datasets import ImageSet
+from vitsweep.datasets import ImageSet, stratified_split
 from vitsweep.errors import require, require_each
 from vitsweep.record import free_on_resume
 
@@ -143,6 +144,17 @@ def torchvision_loader(
     )  # fmt: skip
 
 
+class Splits(NamedTuple):
+    """A data set's splits as loaded (``val``: None unless ``data.val_fraction`` is set)."""
+
+    train: Any
+    test: Any
+    val: Any = None
+
+    def present(self) -> list[Any]:
+        return [split for split in self if split is not None]
+
+
 @dataclass
 class DataSettings:
     """The ``data:`` block (conf/data/*.yaml); each range is checked when it is built.
@@ -158,6 +170,7 @@ class DataSettings:
     std: list[float] | None = None
     root: str = free_on_resume("data")
     subset: int | None = None  # keep the first N images of each split
+    val_fraction: float = 0.0  # held out of the training split, stratified (0: none)
     crop_padding: int = 4  # random crop of the image zero-padded by this; 0: no crop
     flip: bool = True  # random horizontal flip (off for digits: a mirrored 2 is no 2)
     loader: str = "device"
@@ -177,6 +190,7 @@ class DataSettings:
              per_channel),
             ("std", d.std, d.std is None or all(s > 0 for s in d.std), "positive numbers"),
             ("subset", d.subset, d.subset is None or d.subset >= 1, "a positive integer or null"),
+            ("val_fraction", d.val_fraction, 0 <= d.val_fraction < 1, "a number in [0, 1)"),
             ("crop_padding", d.crop_padding, d.crop_padding >= 0, "an integer >= 0 (0: no crop)"),
             ("loader", d.loader, d.loader in ("device", "torchvision"), "device or torchvision"),
             ("workers", d.workers, d.workers >= 0, "an integer >= 0"),
@@ -187,10 +201,17 @@ class DataSettings:
         """Whether some of the sizes come from the data itself (it must be read first)."""
         return None in (self.channels, self.num_classes, self.mean, self.std)
 
-    def load(self) -> tuple[ImageSet, ImageSet]:
-        """The train and test splits (the first ``subset`` images of each)."""
+    def load(self) -> "Splits":
+        """The train and test splits (the first ``subset`` images of each) and, with a
+        ``val_fraction``, a validation split carved out of the training one: that fraction of
+        every class, the same images for every run (a fixed seed), never trained on."""
         train, test = (s.head(self.subset) for s in instantiate(self.source))
-        return train, test
+        if not self.val_fraction:
+            return Splits(train, test)
+        kept, held = stratified_split(train.labels, self.val_fraction, seed=0)
+        require(len(kept) > 0 and len(held) > 0, "data.val_fraction", self.val_fraction,
+                "a fraction that leaves images both to train and to validate on")  # fmt: skip
+        return Splits(train.take(kept), test, train.take(held))
 
     def completed(self, train: ImageSet) -> "DataSettings":
         """These settings with what was left null read from the training split: its
@@ -223,11 +244,11 @@ def check_matches_config(images: ImageSet, data: DataSettings) -> None:
             f"at least {top + 1}: the data set has labels up to {top}")  # fmt: skip
 
 
-def fingerprint(*splits: ImageSet) -> str:
+def fingerprint(*splits: ImageSet | None) -> str:
     """A hash of the data exactly as it was loaded (every uint8 image and label of each split,
     in order): two runs with equal fingerprints trained and tested on the same data."""
     digest = hashlib.sha256()
-    for split in splits:
+    for split in (split for split in splits if split is not None):
         digest.update(split.images.contiguous().numpy().tobytes())
         digest.update(split.labels.to(torch.int64).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -239,23 +260,23 @@ def build_loaders(
     eval_batch_size: int,
     device: torch.device,
     seed: int,
-    sets: tuple[ImageSet, ImageSet],
-) -> tuple[DeviceLoader | torch.utils.data.DataLoader, ...]:
-    """Train and test loaders of ``sets`` as the data config asks: ``loader: device`` (the
-    default; the whole set on the device, batched augmentation) or ``loader: torchvision``
-    (per image)."""
-    train, test = sets
-    for split in (train, test):
+    sets: Splits,
+) -> Splits:
+    """Train, test (and validation) loaders of ``sets`` as the data config asks: ``loader:
+    device`` (the default; the whole set on the device, batched augmentation) or ``loader:
+    torchvision`` (per image)."""
+    for split in sets.present():
         check_matches_config(split, data)
     stats = {"mean": list(data.mean), "std": list(data.std)}
     augment = {"crop_padding": data.crop_padding, "flip": data.flip}
     if data.loader == "torchvision":
-        return (
-            torchvision_loader(train, batch_size, **stats, train=True, **augment,
-                               workers=data.workers),
-            torchvision_loader(test, eval_batch_size, **stats, workers=data.workers),
-        )  # fmt: skip
-    return (
-        DeviceLoader(train, batch_size, **stats, device=device, train=True, **augment, seed=seed),
-        DeviceLoader(test, eval_batch_size, **stats, device=device),
-    )
+        train = torchvision_loader(sets.train, batch_size, **stats, train=True, **augment,
+                                   workers=data.workers)  # fmt: skip
+        held_out = partial(torchvision_loader, batch_size=eval_batch_size, **stats,
+                           workers=data.workers)  # fmt: skip
+    else:
+        train = DeviceLoader(sets.train, batch_size, **stats, device=device, train=True,
+                             **augment, seed=seed)  # fmt: skip
+        held_out = partial(DeviceLoader, batch_size=eval_batch_size, **stats, device=device)
+    val = None if sets.val is None else held_out(sets.val)
+    return Splits(train, held_out(sets.test), val)

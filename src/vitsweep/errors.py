@@ -23,6 +23,14 @@ class Diverged(RuntimeError):
         self.step = step
 
 
+class Pruned(RuntimeError):
+    """A search stopped this trial after an epoch: its validation top-1 was not promising."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"pruned after epoch {epoch}")
+        self.epoch = epoch
+
+
 class WriteError(OSError):
     """A file of the record could not be written; nothing half-written was left behind."""
 

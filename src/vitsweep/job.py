@@ -19,7 +19,7 @@ import logging
 import platform
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,14 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vitsweep.data import DataSettings, build_loaders, fingerprint
-from vitsweep.datasets import ImageSet
+from vitsweep.data import DataSettings, Splits, build_loaders, fingerprint
 from vitsweep.device import device_label, resolve_device, resolve_precision
-from vitsweep.errors import ConfigError, Diverged, WriteError, require
+from vitsweep.errors import ConfigError, Diverged, Pruned, WriteError, require
 from vitsweep.fields import check_fields
 from vitsweep.measure import describe_model
 from vitsweep.models.vit import ATTENTION_ARGS, EMBEDDING_ARGS
 from vitsweep.record import RunRecord, free_on_resume
+from vitsweep.search import SearchSettings
 from vitsweep.signals import OrphanWatch, sigterm_interrupts
 from vitsweep.sweep import ReportSettings, check_sweep_name, without_resume
 from vitsweep.train import TrainerSettings, build_optimizer, fit
@@ -55,6 +55,7 @@ class JobInfo:
     name: str = ""  # the W&B run's name: the job's overrides
     sweep_name: str | None = None  # a multirun's name: its W&B group and results folder
     num: int | None = None  # the job's number in its multirun (which GPU it takes)
+    on_epoch: Callable[[dict[str, Any]], None] | None = None  # sees each epoch's row (a search)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class RunConfig:
     sweep_name: str | None = free_on_resume()  # checked by the sweep itself
     dry_run: bool = free_on_resume(False)  # list the jobs, sized, and run none
     report: dict[str, Any] | None = free_on_resume()  # how a sweep's table compares rows
+    search: dict[str, Any] | None = None  # a search's settings (vitsweep.search)
 
     def __post_init__(self) -> None:
         require(0 <= self.seed < 2**63, "seed", self.seed, "an integer from 0 to 2**63 - 1")
@@ -78,7 +80,7 @@ class RunConfig:
             check_sweep_name(self.sweep_name)
 
 
-BLOCKS = {"trainer": TrainerSettings, "data": DataSettings}  # blocks read by a dataclass
+BLOCKS = {"trainer": TrainerSettings, "data": DataSettings, "search": SearchSettings}
 # What the record adds to the config: the group choices (compared on resume), the command
 # line as typed and what was read from the data (neither of which changes the run).
 RECORDED = {"choices": False, "overrides": True, "from_data": True}
@@ -132,7 +134,7 @@ class Parts:
     device: torch.device
     tracker: Any
     seed: int
-    sets: tuple[ImageSet, ImageSet] | None = None  # the data, where building had to read it
+    sets: Splits | None = None  # the data, where building had to read it
 
 
 def checked(path: str, node: Any, supplied: tuple[str, ...] = ()) -> Any:
@@ -197,7 +199,7 @@ def train(parts: Parts, record: RunRecord, job: JobInfo) -> None:
         # a resumed run goes on in the precision it trained in, whatever "auto" says now
         settings = replace(settings, precision=record.summary["precision"])
     if p.sets is not None:  # what was read from the data, kept with the run's config
-        record.note_from_data(p.data, p.sets[0].classes)
+        record.note_from_data(p.data, p.sets.train.classes)
     image_shape = (p.data.channels, p.data.image_size, p.data.image_size)
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "cuda": torch.version.cuda}  # fmt: skip
@@ -207,9 +209,9 @@ def train(parts: Parts, record: RunRecord, job: JobInfo) -> None:
         record.update(status="sized")
         return
     sets = p.sets or p.data.load()  # a data set the model was sized from is not read twice
-    classes = sets[0].classes or [str(i) for i in range(p.data.num_classes)]
-    record.update(classes=list(classes), train_images=len(sets[0]), test_images=len(sets[1]),
-                  data_fingerprint=fingerprint(*sets))  # fmt: skip
+    classes = sets.train.classes or [str(i) for i in range(p.data.num_classes)]
+    sizes = {f"{name}_images": len(split) for name, split in sets._asdict().items() if split}
+    record.update(classes=list(classes), **sizes, data_fingerprint=fingerprint(*sets))
     loaders = build_loaders(
         p.data, settings.batch_size, settings.eval_batch_size, p.device, p.seed, sets
     )
@@ -217,9 +219,26 @@ def train(parts: Parts, record: RunRecord, job: JobInfo) -> None:
     # tags, so W&B groups them as the comparison table does.
     p.tracker.start(record.config, record.run_dir, job.name, job.sweep_name, job.overrides)
     record.update(status="running")
-    fit(p.model, *loaders, p.optimizer, settings, record, p.tracker, record.resume_state,
-        p.data.num_classes)  # fmt: skip
+    tracker = Watched(p.tracker, job.on_epoch) if job.on_epoch else p.tracker
+    fit(p.model, loaders.train, loaders.test, p.optimizer, settings, record, tracker,
+        record.resume_state, p.data.num_classes, loaders.val)  # fmt: skip
     record.complete(settings.epochs)
+
+
+class Watched:
+    """A tracker whose epoch rows are also shown to ``on_epoch`` (a search's pruner), after
+    the record has kept them; ``on_epoch`` may stop the run by raising ``Pruned``."""
+
+    def __init__(self, tracker: Any, on_epoch: Callable[[dict[str, Any]], None]) -> None:
+        self.tracker, self.on_epoch = tracker, on_epoch
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self.tracker.log(metrics, step=step)
+        if "epoch" in metrics:
+            self.on_epoch(metrics)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tracker, name)
 
 
 def recorded_config(cfg: DictConfig, job: JobInfo) -> dict[str, Any]:
@@ -250,6 +269,8 @@ def failure_fields(err: BaseException) -> dict[str, Any]:
         return {"status": "interrupted", "error": f"interrupted ({err or 'SIGINT'})"}
     if isinstance(err, Diverged):
         return {"status": "diverged", "error": str(err), "diverged_step": err.step}
+    if isinstance(err, Pruned):
+        return {"status": "pruned", "pruned_epoch": err.epoch}
     if (config_error := find_config_error(err)) is not None:
         return {"status": "failed", "error": str(config_error)}
     if isinstance(err, WriteError):
@@ -267,6 +288,9 @@ def report_failure(err: BaseException, job: JobInfo, record: RunRecord | None) -
         print(f"interrupted: the last finished epoch is saved in {where}; rerun the same "
               "command with trainer.resume=true to carry on", file=sys.stderr)  # fmt: skip
         raise SystemExit(130) from None
+    if isinstance(err, Pruned):
+        log.info("%s: %s", where, err)
+        return
     config_error = find_config_error(err)
     if config_error is not None or isinstance(err, Diverged | WriteError):
         epochs = record.summary.get("epochs_done", 0) if record is not None else 0

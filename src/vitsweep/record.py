@@ -30,6 +30,7 @@ from vitsweep.files import DirectoryLock, write_atomic
 from vitsweep.signals import signals_held
 
 DONE = ("completed", "sized")  # a resumed run in one of these states has nothing left to do
+FINISHED = (*DONE, "pruned")  # ended as it should: a search stops hopeless trials on purpose
 
 
 def free_on_resume(default: Any = None) -> Any:
@@ -76,6 +77,11 @@ def summarise_history(
             "final_test_acc": evaluated[-1]["test_acc"],
             "test_s_per_epoch": sum(r["test_s"] for r in evaluated) / len(evaluated),
         }
+        validated = [row for row in evaluated if row.get("val_acc") is not None]
+        if validated:  # the epoch a search would pick, and the test top-1 it would get
+            chosen = max(validated, key=lambda r: r["val_acc"])
+            summary |= {"best_val_acc": chosen["val_acc"], "best_val_epoch": int(chosen["epoch"]),
+                        "test_acc_at_best_val": chosen["test_acc"]}  # fmt: skip
         if best.get("confusion") is not None:
             names = classes or [str(i) for i in range(len(best["confusion"]))]
             summary["confusion"] = best["confusion"]

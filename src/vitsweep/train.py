@@ -224,15 +224,20 @@ def raise_if_diverged(first_bad_step: torch.Tensor) -> None:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Batches, settings: TrainerSettings, num_classes: int | None = None
+    model: nn.Module,
+    loader: Batches,
+    settings: TrainerSettings,
+    num_classes: int | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Loss (with the training's label smoothing) and top-1 accuracy on the test set, with
-    its wall time, and given ``num_classes`` its confusion matrix. Batches are cut into
-    ``micro_batch_size`` chunks too (on a CPU, small chunks stay in cache)."""
+    """Loss (with the training's label smoothing) and top-1 accuracy on a held-out ``split``
+    (test, or val), with its wall time, and given ``num_classes`` its confusion matrix.
+    Batches are cut into ``micro_batch_size`` chunks too (on a CPU, small chunks stay in
+    cache)."""
     device = next(model.parameters()).device
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     model.eval()
-    meter = PassMeter("test", device, num_classes)
+    meter = PassMeter(split, device, num_classes)
     for images, labels in loader:
         images, labels = to_device(images, labels, device)
         chunk = settings.micro_batch_size or len(labels)
@@ -253,12 +258,13 @@ def fit(
     tracker: Any,
     resume_from: dict[str, Any] | None = None,
     num_classes: int | None = None,
+    val_loader: Batches | None = None,
 ) -> None:
     """Train for ``settings.epochs``, evaluating every ``eval_interval`` epochs and after the
-    last (with a confusion matrix over ``num_classes``). After each epoch, ``record.end_epoch``
-    writes the row and the checkpoint together. ``resume_from`` (a checkpoint's state) carries
-    on after its epoch with every state (model, optimizer, schedule, RNGs, history) as it was
-    then."""
+    last (on the validation split too, when there is one; the test set with a confusion
+    matrix over ``num_classes``). After each epoch, ``record.end_epoch`` writes the row and
+    the checkpoint together. ``resume_from`` (a checkpoint's state) carries on after its epoch
+    with every state (model, optimizer, schedule, RNGs, history) as it was then."""
     s = settings
     steps_per_epoch = len(train_loader)
     warmup_steps = round(s.warmup_epochs * steps_per_epoch)
@@ -277,6 +283,8 @@ def fit(
         )
         row = {"epoch": epoch, **stats}
         if epoch % s.eval_interval == 0 or epoch == s.epochs:
+            if val_loader is not None:
+                row |= evaluate(trained, val_loader, s, split="val")
             row |= evaluate(trained, test_loader, s, num_classes)
             if not math.isfinite(row["test_loss"]):  # finite but exploded weights: no model
                 raise Diverged(step, "test loss")
@@ -291,6 +299,8 @@ def epoch_line(row: dict[str, float], epochs: int) -> str:
         f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
         f"train acc {row['train_acc']:.2%}  {row['train_img_per_s']:.0f} img/s"
     )
+    if "val_acc" in row:
+        line += f"  val acc {row['val_acc']:.2%}"
     if "test_acc" in row:
         line += f"  test acc {row['test_acc']:.2%}  test loss {row['test_loss']:.4f}"
     return line

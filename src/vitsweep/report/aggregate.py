@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from vitsweep.errors import ConfigError
-from vitsweep.record import DONE
+from vitsweep.record import DONE, FINISHED
 from vitsweep.report.columns import columns
 from vitsweep.stats import compare, mean_interval
 
@@ -65,7 +65,7 @@ def _worst(values: pd.Series, fmt: str) -> str | None:
 
 def _accuracy(group: pd.DataFrame, confidence: float) -> dict[str, Any]:
     """n, the interval of best top-1 and the per-seed values of a row's completed runs."""
-    scored = group[group["status"].isin(DONE)].dropna(subset=["best_top1"])
+    scored = group[group["status"].isin(FINISHED)].dropna(subset=["best_top1"])
     interval = mean_interval(list(scored["best_top1"]), confidence)
     seeds = scored["seed"].fillna(-1).astype(int)
     # Two runs of one seed in a row differ in something the table does not name: keep both,
@@ -80,7 +80,7 @@ def aggregate(runs: pd.DataFrame, keys: list[str], confidence: float) -> pd.Data
     as it declares (means and standard deviations over the runs that completed), with a
     t-interval of best top-1."""
     labelled = runs.assign(label=label_runs(runs, keys))
-    done = labelled[labelled["status"].isin(DONE)]
+    done = labelled[labelled["status"].isin(FINISHED)]  # a pruned trial shows what it reached
     groups = labelled.groupby("label", sort=False)
     table = groups.first()  # identity columns and sizes: the first run's
     table["status"] = groups["status"].agg(_status)
@@ -132,7 +132,7 @@ def notes_on(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
             notes.append(f"row {label!r} holds {len(group)} runs with repeated seed(s) "
                          f"{', '.join(map(str, repeated))}: they differ in something the "
                          "table does not name; compared unpaired")  # fmt: skip
-    for _, run in runs[~runs["status"].isin(DONE)].iterrows():
+    for _, run in runs[~runs["status"].isin(FINISHED)].iterrows():
         why = f": {run['error']}" if isinstance(run.get("error"), str) else ""
         notes.append(f"{run['run']} ({run['status']}){why}")
     precisions = sorted({str(p) for p in runs["precision"].dropna()})

@@ -21,16 +21,17 @@ class Column:
     cell: ``mean`` (mean ± std over the seeds that completed), ``first`` (the same for every
     seed: a size), ``each`` (the distinct values, joined), or ``worst`` (the value is a
     mapping, such as each class's top-1: averaged key by key over the completed seeds, the
-    cell is the lowest key and its mean). ``only_if_varies``: shown only when the rows differ
-    in it (a table of one precision needs no precision column)."""
+    cell is the lowest key and its mean). ``shown``: ``always``, ``if varies`` (only when the
+    rows differ in it: a table of one precision needs no precision column) or ``if present``
+    (only when some row has it: validation numbers, for runs with a validation split)."""
 
     name: str
     heading: str
     value: Callable[[Record, Record], Any]
     combine: str = "first"
     fmt: str = "{}"
-    headline: bool = False
-    only_if_varies: bool = False
+    headline: bool | str = False  # or "if varies": in the headline only when rows differ
+    shown: str = "always"
 
 
 def from_summary(key: str, scale: float = 1.0) -> Callable[[Record, Record], Any]:
@@ -58,53 +59,42 @@ def epoch_seconds(config: Record, summary: Record) -> float | None:
 
 
 # In table order: the columns that describe the model, then what each run measured.
+# fmt: off
 COLUMNS = [
     Column("embedding", "feature extraction", from_config("choices", "embedding")),
     Column("attention", "attention", from_config("choices", "attention")),
     Column("image_size", "image size", from_config("data", "image_size"), fmt="{:.0f}"),
     Column("dim", "dim", from_config("model", "dim"), fmt="{:.0f}"),
-    Column(
-        "patch_size", "patch size", from_config("model", "embedding", "patch_size"), fmt="{:.0f}"
-    ),  # fmt: skip
+    Column("patch_size", "patch size", from_config("model", "embedding", "patch_size"),
+           fmt="{:.0f}"),
     Column("tokens", "tokens", from_summary("tokens"), fmt="{:.0f}"),
     Column("heads", "heads", from_config("model", "heads"), fmt="{:.0f}"),
     Column("blocks", "blocks", from_config("model", "depth"), fmt="{:.0f}"),
     Column("params", "parameters", from_summary("params"), fmt="{:,.0f}", headline=True),
-    Column(
-        "gflops_per_image",
-        "GFLOPs/img",
-        from_summary("flops_per_image", 1e-9),
-        fmt="{:.3g}",
-        headline=True,
-    ),  # fmt: skip
-    Column(
-        "best_top1",
-        "best top-1 %",
-        from_summary("best_test_acc", 100),
-        "mean",
-        "{:.2f}",
-        headline=True,
-    ),  # fmt: skip
+    Column("gflops_per_image", "GFLOPs/img", from_summary("flops_per_image", 1e-9),
+           fmt="{:.3g}", headline=True),
+    Column("best_top1", "best top-1 %", from_summary("best_test_acc", 100), "mean", "{:.2f}",
+           headline=True),
     Column("final_top1", "final top-1 %", from_summary("final_test_acc", 100), "mean", "{:.2f}"),
+    Column("best_val", "best val top-1 %", from_summary("best_val_acc", 100), "mean", "{:.2f}",
+           headline=True, shown="if present"),
+    Column("test_at_best_val", "test top-1 at best val %",
+           from_summary("test_acc_at_best_val", 100), "mean", "{:.2f}", headline=True,
+           shown="if present"),
     Column("time_per_epoch_s", "s/epoch", epoch_seconds, "mean", "{:.2f}"),
-    Column(
-        "train_s_per_epoch",
-        "train s/epoch",
-        from_summary("train_s_per_epoch"),
-        "mean",
-        "{:.2f}",
-        headline=True,
-    ),  # fmt: skip
+    Column("train_s_per_epoch", "train s/epoch", from_summary("train_s_per_epoch"), "mean",
+           "{:.2f}", headline=True),
     Column("test_s_per_epoch", "test s/epoch", from_summary("test_s_per_epoch"), "mean", "{:.2f}"),
     Column("train_img_per_s", "train img/s", from_summary("train_img_per_s"), "mean", "{:.0f}"),
-    Column(
-        "worst_class", "worst class (top-1 %)", from_summary("per_class_top1"), "worst", "{:.2f}"
-    ),  # fmt: skip
+    Column("worst_class", "worst class (top-1 %)", from_summary("per_class_top1"), "worst",
+           "{:.2f}"),
     Column("peak_mem_mb", "peak MB", from_summary("peak_mem_mb"), "mean", "{:.0f}"),
-    Column("epochs_done", "epochs", from_summary("epochs_done"), fmt="{:.0f}"),
-    Column("precision", "precision", from_summary("precision"), "each", only_if_varies=True),
+    Column("epochs_done", "epochs", from_summary("epochs_done"), fmt="{:.0f}",
+           headline="if varies"),  # a search's pruned trials
+    Column("precision", "precision", from_summary("precision"), "each", shown="if varies"),
     Column("device", "device", from_summary("device"), "each"),
 ]
+# fmt: on
 
 
 def columns() -> list[Column]:

@@ -88,7 +88,9 @@ def shown_columns(table: pd.DataFrame, keys: list[str], headline: bool) -> list[
     for column in columns():
         if (headline and not column.headline) or column.name in keys:
             continue
-        if column.only_if_varies and table[column.name].nunique(dropna=True) < 2:
+        values = table[column.name].nunique(dropna=True)
+        when = column.headline if headline and isinstance(column.headline, str) else column.shown
+        if (when == "if varies" and values < 2) or (when == "if present" and values == 0):
             continue
         shown.append(column)
     return shown

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from vitsweep.config import compose_job
 from vitsweep.errors import ConfigError
 from vitsweep.files import write_atomic
 from vitsweep.job import JobInfo, run_job
@@ -60,16 +61,6 @@ def plan(found: dict[str, Any], rows: list[int] | None, seeds: list[int] | None)
         row = found["rows"][number - 1]
         chosen.append(row | {"number": number, "run_seeds": seeds or row["seeds"]})
     return chosen
-
-
-def compose_job(overrides: list[str]) -> tuple[Any, dict[str, str]]:
-    """The job's config as ``src/run.py`` composes it, without Hydra's node, and its choices."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), choices
 
 
 def check_data(row: dict[str, Any]) -> None:
