@@ -268,7 +268,7 @@ def test_a_full_disk_is_one_line_and_resume_carries_on_from_the_last_whole_epoch
     disk_full_at_checkpoint(2, everything)
     result = cli(*args)
     assert result.returncode == 1
-    _one_error_line(result, "run/checkpoint.pt", "No space left on device", "epoch 1")
+    _one_error_line(result, "run/checkpoint.pt", "No space left on device", "up to epoch 1")
     run = tmp_path / "run"
     assert not list(run.glob(".*.tmp"))
     assert _epochs_everywhere(run) == (1, 1, 1)

@@ -4,6 +4,7 @@ PostgreSQL study serves several workers."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,30 @@ def test_several_workers_share_one_postgresql_study_and_its_budget(tmp_path):
     for trial in finished:
         summary = json.loads(Path(trial.user_attrs["run_dir"], "summary.json").read_text())
         assert summary["status"] == "completed" and trial.value == summary["best_val_acc"]
+
+
+def test_a_trial_interrupted_mid_run_carries_on_from_its_checkpoint_on_resume(
+    cli, tmp_path, signal_after_epoch, monkeypatch
+):
+    from vitsweep.record import RunRecord
+
+    end_epoch = RunRecord.end_epoch
+    monkeypatch.setattr("atexit.register", lambda f: None)  # no table on the way out here
+    search = [*SEARCH, "search.trials=1", "search.pruner=none"]
+    signal_after_epoch(1, signal.SIGTERM)  # SLURM preempts the worker in its first trial
+    assert cli(*search).returncode == 130
+    first = tmp_path / "multirun" / "s" / "trial_0"
+    assert json.loads((first / "summary.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(RunRecord, "end_epoch", end_epoch)
+    again = cli(*search, "trainer.resume=true")
+    assert again.returncode == 0, again.stderr
+    trials = _study(tmp_path).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
+    moved = tmp_path / "multirun" / "s" / "trial_1"
+    assert not first.exists()  # one record per trial: the retry carried the first one on
+    history = pd.read_csv(moved / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert "resumed after epoch 1" in (moved / "run.log").read_text()
+    table = pd.read_csv(tmp_path / "results" / "s" / "comparison.csv")
+    assert list(table["status"]) == ["completed"]

@@ -2,6 +2,7 @@
 
 import atexit
 import os
+import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,31 +22,37 @@ from vitsweep.sweep import (
     expand_grid,
     git_commit,
     harness_state,
+    override_key,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _refuse(err: Exception) -> None:
+def refuse(err: Exception) -> None:
+    """Stop before anything starts: one line, exit 2."""
     print(f"error: {err}", file=sys.stderr)
     raise SystemExit(2)
 
 
 def sweep_grid(config: DictConfig) -> dict[str, Any]:
     """What makes a sweep this sweep: its command line and the sweeper's own parameters (an
-    experiment's grid, an Optuna search space), less the settings a resume may change
+    experiment's grid), a search's space, less the settings a resume may change
     (``trainer.resume``, ``trainer.progress``, ``report.*``, ...)."""
     from vitsweep.job import may_differ_on_resume
 
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     overrides = [o for o in config.hydra.overrides.task
-                 if not may_differ_on_resume(o.split("=", 1)[0])]  # fmt: skip
-    return {  # sorted: the same grid typed in another order is the same sweep
+                 if not may_differ_on_resume(override_key(o))]  # fmt: skip
+    grid = {  # sorted: the same grid typed in another order is the same sweep
         "overrides": sorted(overrides),
         "params": {
             str(k): str(v) for k, v in sorted(params.items()) if not may_differ_on_resume(str(k))
         },  # fmt: skip
     }
+    if config.get("search"):  # a search's space, edited in its file, makes another search
+        space = OmegaConf.to_container(config.search.space, resolve=True)
+        grid["search"] = {str(k): str(v) for k, v in sorted(space.items())}
+    return grid
 
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -57,6 +64,34 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     return expand_grid(arguments)
+
+
+def report_settings(config: DictConfig) -> ReportSettings:
+    report = OmegaConf.to_container(config.get("report") or {}, resolve=True)
+    check_fields("report", ReportSettings, report)
+    return ReportSettings(**report)
+
+
+def check_baseline(config: DictConfig, baseline: int | str | None) -> None:
+    """The baseline must name one row of the table the grid will make: checked against the
+    jobs the basic sweeper will launch. A search's rows are its trials, known only at the end
+    (as are another sweeper's), where a baseline that names none is said in the notes."""
+    if (
+        baseline is None
+        or config.get("search")
+        or (OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER)
+    ):
+        return
+    import pandas as pd
+
+    from vitsweep.report import label_runs, pick_baseline
+    from vitsweep.report.aggregate import varying_overrides
+    from vitsweep.report.read import parse_overrides
+
+    jobs = pd.DataFrame([{f"override:{k}": v for k, v in parse_overrides(job).items()}
+                         for job in sweep_jobs(config)])  # fmt: skip
+    keys = varying_overrides(jobs, sweep_grid(config))
+    pick_baseline(list(dict.fromkeys(label_runs(jobs, keys))), baseline)
 
 
 def check_no_repeated_job(config: DictConfig) -> None:
@@ -105,7 +140,7 @@ class DryRun(Callback):
     def asked(config: DictConfig) -> bool:
         value = config.get("dry_run", False)
         if not isinstance(value, bool):  # dry_run=no would be a string, and true
-            _refuse(ConfigError(f"dry_run={value!r}: expected true or false"))
+            refuse(ConfigError(f"dry_run={value!r}: expected true or false"))
         return value
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -117,7 +152,7 @@ class DryRun(Callback):
             return
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_")
         if sweeper != BASIC_SWEEPER:
-            _refuse(ConfigError(f"dry_run lists the grid of Hydra's basic sweeper; this sweep "
+            refuse(ConfigError(f"dry_run lists the grid of Hydra's basic sweeper; this sweep "
                                 f"uses {sweeper}"))  # fmt: skip
         self.plan(config, sweep_jobs(config))
 
@@ -150,7 +185,7 @@ class ClaimDirectories(Callback):
             probe.touch()
             probe.unlink()
         except OSError as err:
-            _refuse(ConfigError(f"cannot write the run directory {run_dir}: {err.strerror}"))
+            refuse(ConfigError(f"cannot write the run directory {run_dir}: {err.strerror}"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         resume = OmegaConf.select(config, "trainer.resume", default=False) is True
@@ -164,15 +199,18 @@ class ClaimDirectories(Callback):
                 "harness": harness,
             }
             check_no_repeated_job(config)
+            check_baseline(config, report_settings(config).baseline)  # before any claim
             results = (
                 OmegaConf.select(config, "hydra.callbacks.comparison.results_dir") or "results"
             )
             check_results_folder(Path(results) / about["name"], Path(config.hydra.sweep.dir))
             claim_sweep(Path(config.hydra.sweep.dir), sweep_grid(config), resume, about)
         except ConfigError as err:
-            _refuse(err)
+            refuse(err)
+        except Exception as err:  # Hydra would make it a warning and run the sweep unclaimed
+            refuse(ConfigError(f"the sweep cannot start: {type(err).__name__}: {err}"))
         # Jobs that a parallel launcher runs in worker processes stop when this one is gone.
-        os.environ[SWEEP_PID] = str(os.getpid())
+        os.environ[SWEEP_PID] = f"{os.getpid()}@{platform.node()}"
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ.pop(SWEEP_PID, None)
@@ -180,11 +218,11 @@ class ClaimDirectories(Callback):
 
 class ComparisonReport(Callback):
     """At the end of every multirun, collect its jobs' records into results/<sweep_name>/:
-    comparison.md, comparison.csv and the plots, and print the table. A bad ``report.*``
-    setting, a baseline that names no row of the grid included, stops the sweep before any
-    job. A sweep in which any job did not complete exits with status 1, after the table; one
-    whose table cannot be built exits 1 with one line. A sweep stopped by Ctrl-C or SIGTERM
-    writes the table of what it has on the way out (and exits 130)."""
+    comparison.md, comparison.csv and the plots, and print the table (its settings were
+    checked by ``ClaimDirectories``, before the sweep's directory was claimed). A sweep in
+    which any job did not finish exits with status 1, after the table; one whose table cannot
+    be built exits 1 with one line. A sweep stopped by Ctrl-C or SIGTERM writes the table of
+    what it has on the way out (and exits 130)."""
 
     def __init__(self, results_dir: str = "results") -> None:
         self.results_dir = Path(results_dir)
@@ -193,35 +231,10 @@ class ComparisonReport(Callback):
         self.previous_sigterm: Any = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        report = OmegaConf.to_container(config.get("report") or {}, resolve=True)
-        try:  # a bad report setting stops the sweep now, not after hours of training
-            check_fields("report", ReportSettings, report)
-            self.settings = ReportSettings(**report)
-            self.check_baseline(config)
-        except ConfigError as err:
-            _refuse(err)
+        self.settings = report_settings(config)  # checked before the sweep was claimed
         self.config = config
         atexit.register(self._report_on_exit)
         self.previous_sigterm = interrupt_on_sigterm()  # between jobs too
-
-    def check_baseline(self, config: DictConfig) -> None:
-        """The baseline must name one row of the table the grid will make: checked against
-        the jobs the basic sweeper will launch (another sweeper's rows are known only at the
-        end, where a baseline that names none is said in the table's notes)."""
-        if self.settings.baseline is None or (
-            OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER
-        ):
-            return
-        import pandas as pd
-
-        from vitsweep.report import label_runs, pick_baseline
-        from vitsweep.report.aggregate import varying_overrides
-        from vitsweep.report.read import parse_overrides
-
-        jobs = pd.DataFrame([{f"override:{k}": v for k, v in parse_overrides(job).items()}
-                             for job in sweep_jobs(config)])  # fmt: skip
-        keys = varying_overrides(jobs, sweep_grid(config))
-        pick_baseline(list(dict.fromkeys(label_runs(jobs, keys))), self.settings.baseline)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._stop_watching()

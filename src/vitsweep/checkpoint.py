@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, first_line
 from vitsweep.files import write_atomic
 
 Schedule = torch.optim.lr_scheduler.LRScheduler
@@ -46,9 +46,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConfigError(
-            f"{path} cannot be read ({type(err).__name__}: {first_line}); restore it from a "
+            f"{path} cannot be read ({type(err).__name__}: {first_line(err)}); restore it from a "
             "copy, or start a new run directory"
         ) from None
     missing = {"epoch", "model", "optimizer", "scheduler", "torch_rng", "history"} - set(state)

@@ -20,10 +20,7 @@ def options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
 
 def compose_config(overrides: Iterable[str] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
     """The config ``src/run.py`` would run with these overrides (without Hydra's own part)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_job(overrides, conf_dir)[0]
 
 
 def compose_job(overrides: Iterable[str], conf_dir: Path = CONF_DIR) -> tuple[DictConfig, dict]:

@@ -42,6 +42,12 @@ class WriteError(OSError):
         return self.strerror
 
 
+def first_line(err: BaseException) -> str:
+    """An exception in one line: its message's first line, or its type where it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def require(ok: bool, field: str, value: Any, allowed: str) -> None:
     """Raise a one-line ``ConfigError`` naming the field, its value and what it may be."""
     if not ok:

@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vitsweep.data import DataSettings, Splits, build_loaders, fingerprint
 from vitsweep.device import device_label, resolve_device, resolve_precision
-from vitsweep.errors import ConfigError, Diverged, Pruned, WriteError, require
+from vitsweep.errors import ConfigError, Diverged, Pruned, WriteError, first_line, require
 from vitsweep.fields import check_fields
 from vitsweep.measure import describe_model
 from vitsweep.models.vit import ATTENTION_ARGS, EMBEDDING_ARGS
@@ -105,6 +105,8 @@ def may_differ_on_resume(key: str) -> bool:
 def compared(config: dict[str, Any]) -> dict[str, Any]:
     """What must match for a run to be resumed: the config less what may differ."""
     kept = {k: v for k, v in config.items() if not may_differ_on_resume(k)}
+    if isinstance(kept.get("choices"), dict):  # a free setting's group choice (logger) is free
+        kept["choices"] = {g: c for g, c in kept["choices"].items() if not may_differ_on_resume(g)}
     for block in BLOCKS:
         if isinstance(kept.get(block), dict):
             kept[block] = {k: v for k, v in kept[block].items()
@@ -251,7 +253,7 @@ def recorded_config(cfg: DictConfig, job: JobInfo) -> dict[str, Any]:
             raise ConfigError(
                 f"{key} is required: set it on the command line ({key}=...)"
             ) from None
-        raise ConfigError(f"the config cannot be resolved: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"the config cannot be resolved: {first_line(err)}") from None
     kept = without_resume(job.overrides)
     return config | {"choices": job.choices, "sweep_name": job.sweep_name, "overrides": kept}
 
@@ -266,7 +268,7 @@ def find_config_error(err: BaseException | None) -> ConfigError | None:
 def failure_fields(err: BaseException) -> dict[str, Any]:
     """What the record keeps of why a run stopped: its status and error."""
     if isinstance(err, KeyboardInterrupt):
-        return {"status": "interrupted", "error": f"interrupted ({err or 'SIGINT'})"}
+        return {"status": "interrupted", "error": f"interrupted ({str(err) or 'SIGINT'})"}
     if isinstance(err, Diverged):
         return {"status": "diverged", "error": str(err), "diverged_step": err.step}
     if isinstance(err, Pruned):
@@ -297,8 +299,8 @@ def report_failure(err: BaseException, job: JobInfo, record: RunRecord | None) -
         line = (
             f"error: {config_error}" if config_error is not None
             else f"diverged: {err}" if isinstance(err, Diverged)
-            else f"error: {err} (the record keeps epoch {epochs}; make room, then rerun with "
-                 "trainer.resume=true)"
+            else f"error: {err} (recorded up to epoch {epochs}; make room, then rerun with "
+                 "trainer.resume=true: it carries on from the last whole checkpoint)"
         )  # fmt: skip
         print(line, file=sys.stderr)
         if not job.multirun:

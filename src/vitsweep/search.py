@@ -22,9 +22,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from vitsweep.errors import ConfigError, Pruned, require, require_each
+from vitsweep.errors import ConfigError, Pruned, first_line, require, require_each
 from vitsweep.fields import check_fields
+from vitsweep.files import write_atomic
 from vitsweep.record import free_on_resume
+from vitsweep.sweep import override_key
 
 log = logging.getLogger(__name__)
 SWEEP_STARTED = "VITSWEEP_SWEEP_STARTED"  # when this run of the sweep began (a resume's cut)
@@ -101,8 +103,7 @@ def open_study(settings: SearchSettings, sweep_dir: Path, name: str) -> Any:
                 sampler=sampler(settings), pruner=pruner(settings),
             )  # fmt: skip
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"search.storage={url}: cannot be opened ({first})") from None
+        raise ConfigError(f"search.storage={url}: cannot be opened ({first_line(err)})") from None
 
 
 def open_storage(url: str, heartbeat_s: int) -> Any:
@@ -163,29 +164,39 @@ def counted(study: Any) -> int:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     retried |= {t.user_attrs.get("retry_of") for t in trials}
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     return sum(1 for t in trials if t.state in live
                or (t.state == TrialState.FAIL and t.number not in retried))  # fmt: skip
 
 
-def retry_stale(study: Any, started: float) -> None:
-    """On resume: a trial still marked running that began before this run of the sweep was cut
-    short; it fails and its parameters are tried again, counted once."""
+def retry_stale(study: Any, started: float, sweep_dir: Path) -> None:
+    """On resume: a trial cut short by the last run of the sweep (still marked running, or
+    failed with a record that says interrupted) is tried again by a new trial that carries on
+    in its run directory (``run_trial``), counted once."""
     from optuna.trial import TrialState
 
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.datetime_start and trial.datetime_start.timestamp() < started:
-            study.tell(trial.number, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            log.info("trial %d was cut short: retried", trial.number)
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried |= {t.user_attrs.get("retry_of") for t in trials}
+    for trial in trials:
+        status = read_summary(Path(sweep_dir) / f"trial_{trial.number}").get("status")
+        began = trial.datetime_start.timestamp() if trial.datetime_start else started
+        cut = (trial.state == TrialState.RUNNING and began < started) or (
+            trial.state == TrialState.FAIL and status in ("interrupted", "running", "stopped")
+        )
+        if not cut or trial.number in retried:
+            continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # a heartbeat
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})  # may be first
+        log.info("trial %d was cut short: it carries on as a new trial", trial.number)
 
 
 def base_overrides(overrides: list[str], space: dict[str, Any]) -> list[str]:
     """The sweep's own overrides, less the worker's number and what the space sets."""
     keys = {k.lstrip("+~") for k in space} | {"search.worker"}
-    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys]
+    return [o for o in overrides if override_key(o) not in keys]
 
 
 def run_worker(cfg: DictConfig, job: Any) -> None:
@@ -196,7 +207,7 @@ def run_worker(cfg: DictConfig, job: Any) -> None:
     sweep_dir, name = Path(job.run_dir).parent, str(job.sweep_name)
     study = open_study(settings, sweep_dir, name)
     if OmegaConf.select(cfg, "trainer.resume") and settings.worker == 0:
-        retry_stale(study, float(os.environ.get(SWEEP_STARTED, time.time())))
+        retry_stale(study, float(os.environ.get(SWEEP_STARTED, time.time())), sweep_dir)
     base = base_overrides(list(job.overrides), settings.space)
 
     def objective(trial: Any) -> float:
@@ -210,61 +221,112 @@ class TrialFailed(RuntimeError):
     """The trial's run failed or diverged: Optuna records it as failed, the search goes on."""
 
 
+def retried_from(trial: Any) -> int | None:
+    """The trial this one retries (after a resume, or a worker's lost heartbeat), if any."""
+    frozen = trial.study.get_trials(deepcopy=False)[trial.number]  # its attributes, as stored
+    found = frozen.user_attrs.get("retry_of", frozen.system_attrs.get("failed_trial"))
+    return None if found is None else int(found)
+
+
 def run_trial(trial, settings, base, sweep_dir, job, run_job) -> float:  # noqa: ANN001
     """One trial: an ordinary run of the base config with the trial's overrides, its
-    validation top-1 reported to the pruner after every evaluated epoch."""
+    validation top-1 reported to the pruner after every evaluated epoch but the last. A retry
+    carries on in the run directory of the trial it retries, from its last checkpoint."""
     import optuna
 
     from vitsweep.config import compose_job
 
     overrides = [*base, *suggest(trial, settings.space)]
+    run_dir = Path(sweep_dir) / f"trial_{trial.number}"
+    source = retried_from(trial)
+    if source is not None and (Path(sweep_dir) / f"trial_{source}").is_dir():
+        (Path(sweep_dir) / f"trial_{source}").rename(run_dir)  # its record goes on, not twice
+        overrides.append("trainer.resume=true")
     cfg, choices = compose_job(overrides)
+    epochs = int(cfg.trainer.epochs)
 
     def report(row: dict[str, Any]) -> None:
         if row.get("val_acc") is None:
             return
         trial.report(row["val_acc"], int(row["epoch"]))
-        if row["epoch"] > settings.startup_epochs and trial.should_prune():
+        if settings.startup_epochs < row["epoch"] < epochs and trial.should_prune():
             raise Pruned(int(row["epoch"]))
 
-    run_dir = Path(sweep_dir) / f"trial_{trial.number}"
     trial_job = type(job)(run_dir=run_dir, multirun=True, choices=choices, overrides=overrides,
                           name=f"trial {trial.number}", sweep_name=job.sweep_name, num=job.num,
                           on_epoch=report)  # fmt: skip
     run_job(cfg, trial_job)
-    summary = json.loads((run_dir / "summary.json").read_text())
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("worker", settings.worker)
+    summary = read_summary(run_dir)
     if summary.get("status") == "pruned":
         raise optuna.TrialPruned()
     if summary.get("status") != "completed" or summary.get("best_val_acc") is None:
-        raise TrialFailed(f"trial {trial.number}: {summary.get('status')}: "
+        raise TrialFailed(f"trial {trial.number}: {summary.get('status', 'no record')}: "
                           f"{summary.get('error', 'no validation top-1')}")  # fmt: skip
     return float(summary["best_val_acc"])
 
 
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 class CheckSearch(Callback):
     """Before a search starts (and before its directory is claimed): every setting checked,
-    the storage opened (the study made), and a validation split to tune on. Bad input is one
-    line and exit 2, before any trial."""
+    a trial's config composed and checked with each choice of the space, the storage opened
+    (the study made), and a validation split to tune on. Bad input is one line and exit 2,
+    before any trial."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vitsweep.callbacks import refuse
+
         if not config.get("search"):
             return
         try:
-            settings = settings_of(config)
-            fraction = OmegaConf.select(config, "data.val_fraction", default=0)
-            require(bool(fraction) and fraction > 0, "data.val_fraction", fraction,
-                    "a fraction > 0 in a search: tuning on the test set is no search")  # fmt: skip
-            sweep_dir = Path(config.hydra.sweep.dir)
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            open_study(settings, sweep_dir, str(config.sweep_name))
+            check_search(config)
         except ConfigError as err:
-            import sys
-
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+            refuse(err)
+        except ImportError as err:
+            refuse(ConfigError(f"search= needs {err.name}: pip install -e '.[search]'"))
+        except Exception as err:  # Hydra would make it a warning and start the workers
+            refuse(ConfigError(f"the search cannot start: {type(err).__name__}: {err}"))
         os.environ[SWEEP_STARTED] = str(time.time())
+
+
+def check_search(config: DictConfig) -> None:
+    """Everything a search can be refused for, before any trial."""
+    from vitsweep.config import compose_job
+    from vitsweep.job import check
+
+    settings = settings_of(config)
+    require(not config.get("dry_run"), "dry_run", True, "false in a search: its trials are "
+            "drawn as it goes, there is no grid to list")  # fmt: skip
+    fraction = OmegaConf.select(config, "data.val_fraction", default=0)
+    require(bool(fraction) and fraction > 0, "data.val_fraction", fraction,
+            "a fraction > 0 in a search: tuning on the test set is no search")  # fmt: skip
+    base = base_overrides(list(config.hydra.overrides.task), settings.space)
+    for trial_overrides in sample_points(settings.space):  # a misspelt choice fails here
+        try:
+            cfg, choices = compose_job([*base, *trial_overrides])
+        except Exception as err:
+            raise ConfigError(f"search.space: {' '.join(trial_overrides)} cannot be composed "
+                              f"({first_line(err)})") from None  # fmt: skip
+        check(OmegaConf.to_container(cfg, resolve=True) | {"choices": choices})
+    sweep_dir = Path(config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    open_study(settings, sweep_dir, str(config.sweep_name))
+
+
+def sample_points(space: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """A few points of the space that together touch every choice and both ends of every
+    range: enough to find a setting that cannot be composed or built."""
+    ends = {k: (list(v["choices"]) if v["type"] == "categorical" else [v["low"], v["high"]])
+            for k, v in space.items()}  # fmt: skip
+    widest = max(len(values) for values in ends.values())
+    return [[f"{k}={values[i % len(values)]}" for k, values in ends.items()] for i in range(widest)]
 
 
 class SearchReport(Callback):
@@ -285,8 +347,11 @@ class SearchReport(Callback):
         write_plots(study, out_dir)
         overrides = base_overrides(list(config.hydra.overrides.task), settings.space)
         fraction = OmegaConf.select(config, "data.val_fraction")
+        experiment = config.hydra.runtime.choices.get("experiment")
+        if experiment and not any(o.startswith("experiment=") for o in overrides):
+            overrides = [f"experiment={experiment}", *overrides]  # set by the search's file
         text = search_summary(study, settings, overrides, str(config.sweep_name), fraction)
-        (out_dir / "search.md").write_text(text)
+        write_atomic(out_dir / "search.md", text)
         print(text)
 
 
@@ -309,7 +374,10 @@ def write_plots(study: Any, out_dir: Path) -> None:
                 warnings.simplefilter("ignore")
                 axes = draw(study)
             axes.figure.tight_layout()
-            axes.figure.savefig(out_dir / f"{name}.png", dpi=120)
+            write_atomic(
+                out_dir / f"{name}.png",
+                lambda tmp, fig=axes.figure: fig.savefig(tmp, format="png", dpi=120),
+            )
         except Exception as err:  # e.g. importances need two finished trials
             log.info("%s not drawn: %s", name, err)
         finally:
@@ -335,7 +403,7 @@ def search_summary(
         best = max(finished, key=lambda t: t.value)
         chosen = [f"{k}={v}" for k, v in best.params.items()]
         skip = ("search", "sweep_name", "trainer.resume", "data.val_fraction")
-        kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(skip)]
+        kept = [o for o in overrides if not override_key(o).startswith(skip)]
         command = " ".join(["python src/run.py -m", *kept, *chosen, f"data.val_fraction={fraction}",
                             "seed=0,1,2", f"sweep_name={name}-best"])  # fmt: skip
         lines += ["", f"Best trial: {best.number}, validation top-1 {100 * best.value:.2f}% "

@@ -14,12 +14,13 @@ when it is entered from another thread.
 
 import contextlib
 import os
+import platform
 import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-SWEEP_PID = "VITSWEEP_SWEEP_PID"  # the main process of a running sweep, for its workers
+SWEEP_PID = "VITSWEEP_SWEEP_PID"  # the main process of a running sweep, for its workers: pid@host
 
 
 def raise_interrupt(signum: int, frame: object) -> None:
@@ -99,8 +100,11 @@ class OrphanWatch:
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
-        sweep_pid = int(os.environ.get(SWEEP_PID, "0") or 0)
-        if sweep_pid in (0, os.getpid()) or not _in_main_thread():
+        pid, _, host = os.environ.get(SWEEP_PID, "").partition("@")
+        sweep_pid = int(pid) if pid.isdigit() else 0
+        # Only a worker on the sweep's own machine can see its process (a SLURM job cannot).
+        local = host == platform.node()
+        if sweep_pid in (0, os.getpid()) or not local or not _in_main_thread():
             yield
             return
         parent, done = os.getppid(), threading.Event()

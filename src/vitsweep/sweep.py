@@ -36,8 +36,13 @@ class ReportSettings:
                 "a number in (0, 1)")  # fmt: skip
 
 
+def override_key(override: str) -> str:
+    """The key an override sets: '+model.foo=1' -> 'model.foo'."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def without_resume(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if not o.lstrip("+~").startswith("trainer.resume=")]
+    return [o for o in overrides if override_key(o) != "trainer.resume"]
 
 
 def check_sweep_name(name: Any) -> str:

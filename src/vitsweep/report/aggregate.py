@@ -14,6 +14,7 @@ from vitsweep.errors import ConfigError
 from vitsweep.record import DONE, FINISHED
 from vitsweep.report.columns import columns
 from vitsweep.stats import compare, mean_interval
+from vitsweep.sweep import override_key
 
 EVERY_JOB = "all jobs"  # the one row's name when nothing but the seed varies
 
@@ -23,7 +24,7 @@ def varying_overrides(runs: pd.DataFrame, grid: dict[str, Any] | None = None) ->
     the sweep's grid sweeps (so a partial sweep's rows are still named by them); never the
     seed."""
     keys = [c.removeprefix("override:") for c in runs.columns if c.startswith("override:")]
-    swept = [o.split("=", 1)[0].lstrip("+~") for o in (grid or {}).get("overrides", []) if "," in o]
+    swept = [override_key(o) for o in (grid or {}).get("overrides", []) if "," in o]
     swept += list((grid or {}).get("params", {}))
     varying = [k for k in keys if runs[f"override:{k}"].nunique(dropna=False) > 1]
     named = varying + [k for k in dict.fromkeys(swept) if k in keys and k not in varying]

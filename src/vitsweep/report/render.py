@@ -19,7 +19,7 @@ from vitsweep.report.aggregate import (
 )
 from vitsweep.report.columns import Column, columns
 from vitsweep.report.plots import short
-from vitsweep.sweep import check_results_folder, grid_size, read_sweep_record
+from vitsweep.sweep import check_results_folder, grid_size, override_key, read_sweep_record
 
 
 def _missing(value: Any) -> bool:
@@ -219,7 +219,7 @@ def manifest(runs: pd.DataFrame, table: pd.DataFrame, sweep: dict[str, Any]) -> 
         first = next(iter(group["overrides"]), [])
         rows.append({
             "label": row["label"],
-            "overrides": [o for o in first if o.split("=", 1)[0].lstrip("+~") != "seed"],
+            "overrides": [o for o in first if override_key(o) != "seed"],
             "seeds": seeds, "runs": list(group["run"]),
             "best_top1": {str(k): v for k, v in row["per_seed"].items()},
             "mean": _number(row["best_top1"]), "low": _number(row["best_top1_low"]),
@@ -247,16 +247,10 @@ def write_report(
     baseline: int | str | None = None,
     confidence: float = 0.95,
 ) -> pd.DataFrame:
-    """Write comparison.md/.csv and the plots into ``out_dir``; returns the table (its
-    headline in ``table.attrs["headline"]``, what to read with care in ``attrs["notes"]``).
-    ``source`` is the sweep directory (its sweep.yaml gives the footer) or a W&B group."""
-    from vitsweep.report.plots import (
-        plot_confusion,
-        plot_curves,
-        plot_data_efficiency,
-        plot_pareto,
-    )
-
+    """Write comparison.md/.csv, manifest.json and the plots into ``out_dir``; returns the
+    table (its headline in ``table.attrs["headline"]``, what to read with care in
+    ``attrs["notes"]``). ``source`` is the sweep directory (its sweep.yaml gives the footer)
+    or a W&B group."""
     check_results_folder(out_dir, source)
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep = read_sweep_record(Path(source)) if Path(source).is_dir() else {}
@@ -266,10 +260,10 @@ def write_report(
     if expected and len(runs) < expected:
         table.attrs["notes"].append(f"{expected - len(runs)} of the grid's {expected} jobs have "
                                     "no record: not run yet, or deleted")  # fmt: skip
-    headline = to_markdown(table, keys, headline=True)
+    table.attrs["headline"] = to_markdown(table, keys, headline=True)
     text = "\n".join(part for part in [
         f"# Sweep {out_dir.name}\n\nFrom {source} ({len(runs)} jobs).\n",
-        headline, how_to_read(table), notes_text(table),
+        table.attrs["headline"], how_to_read(table), notes_text(table),
         "All columns:\n", to_markdown(table, keys), per_class_text(runs, table),
         footer(runs, curves, sweep),
     ] if part)  # fmt: skip
@@ -278,13 +272,27 @@ def write_report(
     write_atomic(out_dir / "comparison.csv", kept.to_csv(index=False))
     found = manifest(runs, table, sweep) | {"source": str(source)}
     write_atomic(out_dir / "manifest.json", json.dumps(found, indent=2))
-    if panels := confusion_panels(runs, table):
-        plot_confusion(panels, out_dir / "confusion.png")
-    if "data.subset" in keys and len(points := efficiency_points(table)):
-        plot_data_efficiency(points, out_dir / "data_efficiency.png")
+    draw(runs, curves, table, keys, out_dir)
+    return table
+
+
+def draw(
+    runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame, keys: list[str], out_dir: Path
+) -> None:
+    """The sweep's plots: curves, accuracy against cost, confusion matrices, and for a sweep
+    over ``data.subset`` its data efficiency."""
+    from vitsweep.report.plots import (
+        plot_confusion,
+        plot_curves,
+        plot_data_efficiency,
+        plot_pareto,
+    )
+
     labels = dict(zip(runs["run"], label_runs(runs, keys)))
     plot_curves(curves, labels, "test_acc", "test top-1 (%)", out_dir / "accuracy.png", 100)
     plot_curves(curves, labels, "train_s", "train seconds per epoch", out_dir / "latency.png")
     plot_pareto(table, out_dir / "pareto.png")
-    table.attrs["headline"] = headline
-    return table
+    if panels := confusion_panels(runs, table):
+        plot_confusion(panels, out_dir / "confusion.png")
+    if "data.subset" in keys and len(points := efficiency_points(table)):
+        plot_data_efficiency(points, out_dir / "data_efficiency.png")

@@ -19,13 +19,20 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from vitsweep.config import compose_job
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, first_line
 from vitsweep.files import write_atomic
 from vitsweep.job import JobInfo, run_job
 from vitsweep.report.read import load_sweep
 from vitsweep.report.render import write_report
 from vitsweep.stats import mean_interval
-from vitsweep.sweep import check_sweep_name, claim_sweep, commit_exists, git_commit, harness_state
+from vitsweep.sweep import (
+    check_sweep_name,
+    claim_sweep,
+    commit_exists,
+    git_commit,
+    harness_state,
+    override_key,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 NOT_REPEATED = ("seed", "sweep_name", "trainer.resume")  # set by the reproduction itself
@@ -46,7 +53,7 @@ def read_manifest(results_dir: Path) -> dict[str, Any]:
 
 def row_key(overrides: list[str]) -> tuple[str, ...]:
     """A row's identity: its overrides, less what every reproduction sets anew."""
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_REPEATED]
+    kept = [o for o in overrides if override_key(o) not in NOT_REPEATED]
     return tuple(sorted(kept))
 
 
@@ -63,13 +70,24 @@ def plan(found: dict[str, Any], rows: list[int] | None, seeds: list[int] | None)
     return chosen
 
 
+def composed(row: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    """A row's config as recorded; one that no longer composes (an option renamed since) is
+    one ConfigError."""
+    try:
+        return compose_job(list(row_key(row["overrides"])))
+    except Exception as err:
+        raise ConfigError(
+            f"row {row['number']}: its overrides no longer compose ({first_line(err)})"
+        ) from None
+
+
 def check_data(row: dict[str, Any]) -> None:
     """The data this row would load here is the data it was trained on (its fingerprint)."""
     from vitsweep.data import DataSettings, fingerprint
 
     if not row.get("data_fingerprint"):
         return
-    cfg, _ = compose_job(list(row_key(row["overrides"])))
+    cfg, _ = composed(row)
     data = DataSettings(**OmegaConf.to_container(cfg.data, resolve=True))
     found = fingerprint(*data.load())
     if found not in row["data_fingerprint"]:
@@ -94,10 +112,11 @@ def run_rows(chosen: list[dict], sweep_dir: Path, name: str, resume: bool) -> No
 
 def verdict(row: dict[str, Any], again: dict[str, float]) -> str:
     original = {str(k): v for k, v in row["best_top1"].items()}
-    if again and all(original.get(str(s)) == v for s, v in again.items()):
-        return "identical"
     if not again:
         return "no result"
+    complete = {str(s) for s in row["run_seeds"]} == set(again)  # no seed failed this time
+    if complete and all(original.get(str(s)) == v for s, v in again.items()):
+        return "identical"
     mean = sum(again.values()) / len(again)
     if row["n"] < 2 or row["low"] is None:
         return "no interval to test (n=1)"
