@@ -131,7 +131,8 @@ def test_several_workers_share_one_postgresql_study_and_its_budget(tmp_path):
     assert 4 <= len(finished) <= 5  # the budget; two workers may both start the last one
     assert {t.user_attrs["worker"] for t in finished} == {0, 1}  # neither waited for the other
     for trial in finished:
-        summary = json.loads(Path(trial.user_attrs["run_dir"], "summary.json").read_text())
+        run = tmp_path / trial.user_attrs["run_dir"]  # as the sweep read it, from its folder
+        summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "completed" and trial.value == summary["best_val_acc"]
 
 

@@ -256,7 +256,7 @@ def run_trial(trial, settings, base, sweep_dir, job, run_job) -> float:  # noqa:
                           name=f"trial {trial.number}", sweep_name=job.sweep_name, num=job.num,
                           on_epoch=report)  # fmt: skip
     run_job(cfg, trial_job)
-    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("run_dir", os.path.relpath(run_dir))  # as the sweep's own paths read
     trial.set_user_attr("worker", settings.worker)
     summary = read_summary(run_dir)
     if summary.get("status") == "pruned":
