@@ -157,6 +157,13 @@ def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> list[str]:
     return chosen
 
 
+def retried_numbers(trials: list[Any]) -> set[int]:
+    """The trials that another trial retries: by a heartbeat (Optuna's retry history) or by
+    a resume (``retry_of``)."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return retried | {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+
+
 def counted(study: Any) -> int:
     """Trials that count against the budget: finished ones, and those running now (not those
     waiting to run). A failed trial that was retried (by a heartbeat or a resume) is not
@@ -164,8 +171,7 @@ def counted(study: Any) -> int:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    retried |= {t.user_attrs.get("retry_of") for t in trials}
+    retried = retried_numbers(trials)
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     return sum(1 for t in trials if t.state in live
                or (t.state == TrialState.FAIL and t.number not in retried))  # fmt: skip
@@ -178,8 +184,7 @@ def retry_stale(study: Any, started: float, sweep_dir: Path) -> None:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    retried |= {t.user_attrs.get("retry_of") for t in trials}
+    retried = retried_numbers(trials)
     for trial in trials:
         status = read_summary(Path(sweep_dir) / f"trial_{trial.number}").get("status")
         began = trial.datetime_start.timestamp() if trial.datetime_start else started
