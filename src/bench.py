@@ -26,16 +26,15 @@ from hydra.utils import instantiate
 from torch import nn
 from tqdm import tqdm
 
+from vitsweep.checkpoint import Training
 from vitsweep.config import compose_config
-from vitsweep.data import DeviceLoader, torchvision_loader
-from vitsweep.datasets import ImageSet
+from vitsweep.data import Augment, DeviceLoader, ImageSet, Normalise, torchvision_loader
 from vitsweep.device import device_label, matmul_seconds, resolve_device, resolve_precision
 from vitsweep.files import slug
 from vitsweep.measure import describe_model, training_step_peak_mb
-from vitsweep.tracking import NullTracker
+from vitsweep.settings import TrainerSettings
 from vitsweep.train import (
     PassMeter,
-    TrainerSettings,
     build_optimizer,
     cosine_schedule,
     evaluate,
@@ -45,7 +44,7 @@ from vitsweep.train import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-AUGMENT = {"train": True, "crop_padding": 4, "flip": True}  # every path's training images
+AUGMENT = Augment(crop_padding=4, flip=True)  # every path's training images
 
 
 def load_images(name: str, count: int) -> tuple[ImageSet, list[float], list[float]]:
@@ -108,6 +107,7 @@ class Contender:
         self.train_loader, self.test_loader, self.device = train_loader, test_loader, device
         self.optimizer = build_optimizer(partial(torch.optim.AdamW, lr=1e-3), self.model, device)
         self.schedule = cosine_schedule(self.optimizer, 10**6, 0, 0.01)
+        self.training = Training(self.model, self.optimizer, self.schedule, train_loader)
         self.train_rates, self.eval_rates, self.peak_mb = [], [], 0.0
 
     def cpu_step_peak_mb(self) -> float:
@@ -116,13 +116,12 @@ class Contender:
         state."""
         images, labels = next(iter(self.train_loader))
         images, labels = to_device(images, labels, self.device)
-        step = partial(training_step, self.model, images, labels, self.optimizer, self.schedule,
-                       self.settings, PassMeter("train", self.device))  # fmt: skip
+        step = partial(training_step, self.model, images, labels, self.training, self.settings,
+                       PassMeter("train", self.device))  # fmt: skip
         return training_step_peak_mb(step, self.model, self.optimizer, self.train_loader)
 
     def run_round(self) -> None:
-        stats, _ = train_one_epoch(self.model, self.train_loader, self.optimizer, self.schedule,
-                                   self.settings, NullTracker(), 0)  # fmt: skip
+        stats, _ = train_one_epoch(self.model, self.training, self.settings, [], 0)
         if "peak_mem_mb" in stats:  # CUDA's allocator peak
             self.peak_mb = max(self.peak_mb, stats["peak_mem_mb"])
         elif not self.peak_mb:  # the CPU's: profiled once, after the warm-up round
@@ -164,8 +163,8 @@ def make_contenders(preset, images, mean, std, args, device) -> tuple[list[Conte
                   *our_loaders(), fast, device),
         Contender(
             "nanovit-style reference", build_preset(preset, nanovit_style=True),
-            torchvision_loader(steps_images, args.batch, mean, std, **AUGMENT),
-            torchvision_loader(eval_images, 512, mean, std), reference, device,
+            torchvision_loader(steps_images, args.batch, Normalise(mean, std), AUGMENT),
+            torchvision_loader(eval_images, 512, Normalise(mean, std)), reference, device,
         ),
     ]  # fmt: skip
     timm_model = timm_reference(preset)
@@ -178,8 +177,9 @@ def make_contenders(preset, images, mean, std, args, device) -> tuple[list[Conte
 
 def device_loaders(train, test, mean, std, batch, device) -> tuple[DeviceLoader, DeviceLoader]:
     """Our data path: device-resident images, the training ones augmented in batches."""
-    return (DeviceLoader(train, batch, mean, std, device, **AUGMENT),
-            DeviceLoader(test, 512, mean, std, device))  # fmt: skip
+    normalise = Normalise(mean, std)
+    return (DeviceLoader(train, batch, normalise, device, AUGMENT),
+            DeviceLoader(test, 512, normalise, device))  # fmt: skip
 
 
 def time_rounds(preset: str, contenders: list[Contender], rounds: int) -> None:

@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, ReportError, exit_code_of
 from vitsweep.report import load_sweep, load_wandb, sweep_name, write_report
-from vitsweep.sweep import check_sweep_name
+from vitsweep.report.reproduce import reproduce as rerun
+from vitsweep.settings import check_sweep_name
 
 
 def read_runs(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
@@ -50,16 +51,21 @@ def numbers(text: str) -> list[int]:
 
 
 def reproduce(args: argparse.Namespace) -> int:
-    from vitsweep.report.reproduce import reproduce as rerun
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out_dir = rerun(args.reproduce, args.rows, args.seeds, args.results, args.resume)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exit_code_of(err)
     print((out_dir / "reproduction.md").read_text())
     return 0
+
+
+def build_table(runs: Any, curves: Any, out_dir: Path, source: str, args: Any) -> Any:
+    """The results folder written; whatever stops it is a table that could not be built."""
+    try:
+        return write_report(runs, curves, out_dir, source, args.baseline, args.confidence)
+    except Exception as err:
+        raise ReportError(f"the table could not be built: {type(err).__name__}: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,18 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"sweep directory not found: {args.sweep_dir}")
     try:
         runs, curves, name, source = read_runs(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if runs.empty:
-        print(f"error: no runs found in {source}", file=sys.stderr)
-        return 2
-    out_dir = args.results / name
-    try:
-        table = write_report(runs, curves, out_dir, source, args.baseline, args.confidence)
-    except Exception as err:
-        print(f"error: the table could not be built: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+        if runs.empty:
+            raise ConfigError(f"no runs found in {source}")
+        out_dir = args.results / name
+        table = build_table(runs, curves, out_dir, source, args)
+    except (ConfigError, ReportError) as err:
+        return exit_code_of(err)
     print(f"{table.attrs['headline']}\nComparison of {len(runs)} runs in {out_dir}/")
     for note in table.attrs["notes"]:
         print(f"note: {note}", file=sys.stderr)

@@ -15,7 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vitsweep.job import JobInfo, run_job
+from vitsweep.config import choices_of, plain
+from vitsweep.job import JobInfo, run_job, stops_told
 from vitsweep.search import run_worker
 
 
@@ -26,7 +27,7 @@ def this_job(cfg: DictConfig) -> JobInfo:
     return JobInfo(
         run_dir=Path(hydra_cfg.runtime.output_dir),
         multirun=multirun,
-        choices={k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
+        choices=choices_of(hydra_cfg.runtime.choices),
         overrides=list(hydra_cfg.overrides.task),
         name=hydra_cfg.job.override_dirname,
         sweep_name=str(cfg.sweep_name) if multirun else None,
@@ -39,9 +40,12 @@ def main(cfg: DictConfig) -> float | None:
     """One run, or one job of a multirun: claimed, built, trained and recorded by
     ``vitsweep.job.run_job``; in a search (``search=...``), an Optuna worker whose trials are
     such runs (``vitsweep.search.run_worker``)."""
-    if cfg.get("search"):
-        return run_worker(cfg, this_job(cfg))
-    return run_job(cfg, this_job(cfg))
+    job = this_job(cfg)
+    with stops_told(job.multirun):  # a config that cannot be resolved: one line
+        config = plain(cfg)
+        if config.get("search"):
+            return run_worker(config, job)
+        return run_job(config, job).best_accuracy
 
 
 if __name__ == "__main__":

@@ -5,14 +5,19 @@ builds it), so a new variant is checked by them with no edit here.
 """
 
 import inspect
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import get_object, instantiate
+from hydra.utils import get_object
 
-from vitsweep.config import CONF_DIR, compose_config, options
+from tests.helpers import (
+    build_attention,
+    check_finite_under_bf16_with_large_inputs,
+    check_permutation_equivariance,
+    check_shape_and_finite_gradients,
+)
+from vitsweep.config import compose_config, options
 from vitsweep.errors import ConfigError
 from vitsweep.models.attention import (
     LinearAttention,
@@ -142,37 +147,6 @@ def test_every_attention_takes_the_same_first_arguments():
         target = get_object(compose_config([f"attention={name}"]).model.attention._target_)
         first = list(inspect.signature(target).parameters)[: len(ATTENTION_ARGS)]
         assert tuple(first) == ATTENTION_ARGS, name
-
-
-# The generic properties, as functions, so that a test of a new variant can run them too.
-def build_attention(name: str, tokens: int, conf_dir: Path = CONF_DIR, **knobs):
-    """Option ``name`` of conf/attention at dim 64, 4 heads, built as the model builds it."""
-    node = compose_config([f"attention={name}"], conf_dir).model.attention
-    return instantiate(node, **knobs)(dim=64, heads=4, num_tokens=tokens, nanovit_quirks=False)
-
-
-def check_shape_and_finite_gradients(attention: torch.nn.Module, tokens: int = 50) -> None:
-    x = torch.randn(3, tokens, 64, requires_grad=True)
-    y = attention(x)
-    assert y.shape == x.shape
-    y.square().mean().backward()
-    grads = [x.grad, *(p.grad for p in attention.parameters())]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert x.grad.abs().sum() > 0
-
-
-def check_permutation_equivariance(attention: torch.nn.Module, tokens: int = 40) -> None:
-    attention.eval()
-    x = torch.randn(2, tokens, 64)
-    perm = torch.randperm(tokens, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.allclose(attention(x[:, perm]), attention(x)[:, perm], atol=1e-4)
-
-
-def check_finite_under_bf16_with_large_inputs(attention: torch.nn.Module, tokens: int = 1024):
-    x = torch.randn(2, tokens, 64) * 30
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.isfinite(attention(x)).all()
 
 
 # Variants that are not equivariant as configured: Linformer mixes positions through learned

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import QUICK, TINY
+from tests.helpers import QUICK, TINY
 
 # (overrides, what the one line must say). At least one case for every field a run reads.
 CASES = [

@@ -9,7 +9,7 @@ import torch
 import yaml
 from hydra.utils import get_object
 
-from tests.conftest import CONF, ROOT, TINY
+from tests.helpers import CONF, ROOT, size_only_sweep
 from vitsweep.config import GROUPS, options
 from vitsweep.device import resolve_device
 from vitsweep.errors import ConfigError
@@ -40,7 +40,7 @@ def _built(make_config, overrides):
 @pytest.fixture
 def needs(tmp_path):
     """What an option needs besides itself: data=folder, a folder of images."""
-    from tests.test_own_data import COLOURS, make_folder
+    from tests.helpers import COLOURS, make_folder
 
     root = make_folder(tmp_path / "pics", COLOURS, per_class=5)
     return {"data=folder": [f"data.root={root}"]}
@@ -129,22 +129,6 @@ def test_the_readme_lists_every_option_of_every_group():
         row = next(line for line in groups_table.splitlines() if line.startswith(f"| `{group}`"))
         listed = set(re.findall(r"[\w-]+", row.split("|")[2]))
         assert set(options(group)) <= listed, (group, row)
-
-
-def size_only_sweep(cli, tmp_path, conf_dir=CONF, embeddings=None) -> list[str]:
-    """Every attention of ``conf_dir`` with every embedding (or those given), sized
-    (trainer.epochs=0): the lines of the sweep's headline table, one row per pair."""
-    embeddings = embeddings or options("embedding", conf_dir)
-    grid = [f"attention={','.join(options('attention', conf_dir))}",
-            f"embedding={','.join(embeddings)}"]  # fmt: skip
-    result = cli("-m", f"--config-dir={conf_dir}", *grid, "trainer.epochs=0", *TINY,
-                 "sweep_name=zoo")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    summaries = sorted(tmp_path.glob("multirun/zoo/*/summary.json"))
-    assert len(summaries) == len(options("attention", conf_dir)) * len(embeddings)
-    assert all('"status": "sized"' in s.read_text() for s in summaries)
-    headline = (tmp_path / "results" / "zoo" / "comparison.md").read_text().split("\n\n")[2]
-    return headline.splitlines()  # the first table
 
 
 def test_a_size_only_sweep_builds_every_attention_with_every_embedding(cli, tmp_path):

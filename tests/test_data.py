@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitsweep.data import DeviceLoader, random_crop, random_flip
-from vitsweep.datasets import ImageSet, load_digits, load_fashion_mnist
+from vitsweep.data import Augment, DeviceLoader, Normalise
+from vitsweep.data.loaders import random_crop, random_flip
+from vitsweep.data.sets import ImageSet, load_digits, load_fashion_mnist
 
 CPU = torch.device("cpu")
 
@@ -70,7 +71,7 @@ def test_loader_keeps_labels_with_their_images_and_is_seeded():
     data = ImageSet(images, labels)
 
     def batches(seed):
-        loader = DeviceLoader(data, 16, [0.0], [1 / 255], CPU, train=True, seed=seed)
+        loader = DeviceLoader(data, 16, Normalise([0.0], [1 / 255]), CPU, Augment(), seed=seed)
         return list(loader)
 
     first = batches(seed=1)
@@ -83,14 +84,14 @@ def test_loader_keeps_labels_with_their_images_and_is_seeded():
 
 def test_eval_loader_covers_every_image_in_order():
     data = ImageSet(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10))
-    loader = DeviceLoader(data, 4, [0.0], [1.0], CPU, crop_padding=4, flip=True)
+    loader = DeviceLoader(data, 4, Normalise([0.0], [1.0]), CPU)  # held out: never augmented
     labels = torch.cat([y for _, y in loader])
     assert torch.equal(labels, torch.arange(10))
 
 
 def test_loader_normalises_with_the_config_statistics():
     data = ImageSet(torch.full((4, 3, 2, 2), 255, dtype=torch.uint8), torch.zeros(4).long())
-    loader = DeviceLoader(data, 4, [0.5, 0.5, 0.0], [0.5, 0.25, 1.0], CPU)
+    loader = DeviceLoader(data, 4, Normalise([0.5, 0.5, 0.0], [0.5, 0.25, 1.0]), CPU)
     x, _ = next(iter(loader))
     assert torch.allclose(x[0, :, 0, 0], torch.tensor([1.0, 2.0, 1.0]))
 
@@ -120,8 +121,8 @@ def test_torchvision_path_gives_the_same_batches_without_augmentation(channels):
     images = torch.randint(0, 256, (10, channels, 8, 8), dtype=torch.uint8, generator=g)
     data = ImageSet(images, torch.arange(10))
     mean, std = [0.4] * channels, [0.2] * channels
-    ours = list(DeviceLoader(data, 4, mean, std, CPU))
-    theirs = list(torchvision_loader(data, 4, mean, std))
+    ours = list(DeviceLoader(data, 4, Normalise(mean, std), CPU))
+    theirs = list(torchvision_loader(data, 4, Normalise(mean, std)))
     assert len(ours) == len(theirs) == 3
     for (x, y), (tx, ty) in zip(ours, theirs):
         assert torch.equal(y, ty)
@@ -129,7 +130,7 @@ def test_torchvision_path_gives_the_same_batches_without_augmentation(channels):
 
 
 def test_torchvision_loader_trains_through_the_cli(cli, tmp_path):
-    from tests.conftest import TINY
+    from tests.helpers import TINY
 
     result = cli(*TINY, "trainer.epochs=1", "data.loader=torchvision", "hydra.run.dir=run")
     assert result.returncode == 0, result.stderr
@@ -140,7 +141,7 @@ def test_a_digits_run_imports_neither_pandas_nor_matplotlib(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import RUN, TINY
+    from tests.helpers import RUN, TINY
 
     probe = (
         f"import runpy, sys; sys.argv = {[str(RUN), *TINY, 'trainer.epochs=1']!r}\n"

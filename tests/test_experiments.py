@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers import TINY
 from vitsweep.config import options
 
 

@@ -6,13 +6,13 @@ import textwrap
 
 import pytest
 
-from tests.test_attention import (
+from tests.helpers import (
     build_attention,
     check_finite_under_bf16_with_large_inputs,
     check_permutation_equivariance,
     check_shape_and_finite_gradients,
+    size_only_sweep,
 )
-from tests.test_config import size_only_sweep
 from vitsweep.config import CONF_DIR, options
 
 MODULE = '''

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import QUICK, TINY, spawn
+from tests.helpers import QUICK, TINY, spawn
 from vitsweep.errors import ConfigError
 from vitsweep.record import RunRecord
 from vitsweep.report import comparison_table, load_sweep, row_from_run, to_markdown
@@ -317,7 +317,7 @@ def test_report_refuses_a_record_whose_name_leaves_results(tmp_path, monkeypatch
     assert err.startswith("error: sweep_name='../../outside'") and err.count("\n") == 1
     assert not (tmp_path.parent / "outside").exists() and not (tmp_path / "results").exists()
     with pytest.raises(ConfigError):
-        from vitsweep.sweep import check_sweep_name
+        from vitsweep.settings import check_sweep_name
 
         check_sweep_name("/abs")
 

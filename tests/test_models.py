@@ -5,7 +5,6 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from vitsweep.data import DataSettings
 from vitsweep.errors import ConfigError
 from vitsweep.measure import count_parameters, flops_per_image
 from vitsweep.models import (
@@ -16,6 +15,7 @@ from vitsweep.models import (
     SoftmaxAttention,
     VisionTransformer,
 )
+from vitsweep.settings import DataSettings
 
 NANOVIT_PARAMS = {"vit": 829_322, "vitl": 924_426, "vitx": 1_017_162}
 NANOVIT_TOKENS = {"vit": 256, "vitl": 1024, "vitx": 1024}

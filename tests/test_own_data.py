@@ -4,39 +4,22 @@ jobs spread over every GPU."""
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from PIL import Image
 
-from tests.conftest import TINY
+from tests.helpers import COLOURS, TINY, make_folder
 from vitsweep.config import options
-from vitsweep.data import DataSettings, DeviceLoader
-from vitsweep.datasets import ImageSet, load_cifar100, load_image_folder, load_svhn
+from vitsweep.data import Augment, DeviceLoader, Normalise, complete_settings
+from vitsweep.data.folder import load_image_folder
+from vitsweep.data.sets import ImageSet, load_cifar100, load_svhn
 from vitsweep.device import device_label, resolve_device
 from vitsweep.errors import ConfigError
+from vitsweep.settings import DataSettings
 
 RUN = [o for o in TINY if not o.startswith("data")] + ["trainer.epochs=1"]
-
-
-def draw(path: Path, colour: tuple[int, int, int], size: int = 20, mode: str = "RGB") -> None:
-    """A small picture: a square of ``colour`` on black (the class is in the colour)."""
-    image = Image.new("RGB", (size, size + 6))
-    image.paste(colour, (4, 4, size - 4, size - 4))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.convert(mode).save(path)
-
-
-def make_folder(root: Path, classes: dict[str, tuple], per_class: int, mode: str = "RGB") -> Path:
-    for name, colour in classes.items():
-        for i in range(per_class):
-            draw(root / name / f"{i}.png", tuple(min(255, c + 3 * i) for c in colour), mode=mode)
-    return root
-
-
-COLOURS = {"red": (200, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 200)}
 
 
 def test_a_folder_is_split_by_class_with_a_fixed_seed(tmp_path):
@@ -236,8 +219,9 @@ def test_a_class_whose_files_are_all_unreadable_is_one_line(cli, tmp_path):
 def test_settings_left_null_are_read_from_the_training_split():
     images = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
     images[:2] = 255  # half the pixels white: mean 0.5, std ~0.53
-    data = DataSettings(source={}, name="x", image_size=2).completed(
-        ImageSet(images, torch.tensor([0, 1, 2, 0]), ["a", "b", "c"])
+    data = complete_settings(
+        DataSettings(source={}, name="x", image_size=2),
+        ImageSet(images, torch.tensor([0, 1, 2, 0]), ["a", "b", "c"]),
     )
     assert (data.channels, data.num_classes) == (1, 3)
     assert data.mean == [0.5] and data.std[0] == pytest.approx(0.5164, abs=1e-3)
@@ -286,11 +270,11 @@ def test_each_data_set_flips_only_where_a_mirror_image_is_the_same_class(make_co
 def test_crop_and_flip_are_separate_knobs():
     picture = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).expand(64, 1, 4, 4)
     data = ImageSet(picture.contiguous(), torch.zeros(64, dtype=torch.long))
-    raw = {"mean": [0.0], "std": [1 / 255], "device": torch.device("cpu"), "train": True}
-    only_flips = next(iter(DeviceLoader(data, 64, **raw, flip=True)))[0]
+    raw = {"normalise": Normalise([0.0], [1 / 255]), "device": torch.device("cpu")}
+    only_flips = next(iter(DeviceLoader(data, 64, **raw, augment=Augment(flip=True))))[0]
     assert all(torch.equal(x, picture[0].float()) or torch.equal(x, picture[0].flip(-1).float())
                for x in only_flips)  # fmt: skip
-    only_crops = next(iter(DeviceLoader(data, 64, **raw, crop_padding=1)))[0]
+    only_crops = next(iter(DeviceLoader(data, 64, **raw, augment=Augment(crop_padding=1))))[0]
     assert not any(torch.equal(x, picture[0].flip(-1).float()) for x in only_crops)
     assert sum(not torch.equal(x, picture[0].float()) for x in only_crops) > 32  # most moved
 

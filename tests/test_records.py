@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import QUICK, TINY, spawn
+from tests.helpers import QUICK, TINY, spawn
 from vitsweep.callbacks import ComparisonReport
 from vitsweep.checkpoint import read_checkpoint
 from vitsweep.errors import ConfigError
@@ -131,16 +131,16 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path):
 def test_a_signal_during_an_epochs_write_lands_after_history_and_checkpoint_agree(
     cli, tmp_path, monkeypatch
 ):
-    import vitsweep.record
+    import vitsweep.record.directory
 
-    save = vitsweep.record.save_checkpoint
+    save = vitsweep.record.directory.save_checkpoint
 
     def signal_mid_write(path, epoch, *args):
         if epoch == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # between the history row and the checkpoint
         save(path, epoch, *args)
 
-    monkeypatch.setattr(vitsweep.record, "save_checkpoint", signal_mid_write)
+    monkeypatch.setattr(vitsweep.record.directory, "save_checkpoint", signal_mid_write)
     result = cli(*TINY, "trainer.epochs=4", "hydra.run.dir=run")
     assert result.returncode == 130
     assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 2

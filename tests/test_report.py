@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import TINY
+from tests.helpers import TINY
 from vitsweep.report import (
     comparison_table,
     frame_from_wandb_runs,

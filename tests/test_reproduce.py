@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY, invoke
+from tests.helpers import ROOT, TINY, invoke
 from vitsweep.errors import ConfigError
 from vitsweep.record import per_class_top1
 from vitsweep.report import comparison_table, row_from_run
 from vitsweep.report.reproduce import reproduce
-from vitsweep.train import TrainerSettings, evaluate
+from vitsweep.settings import TrainerSettings
+from vitsweep.train import evaluate
 
 SWEEP = ["-m", "attention=softmax,linear", "seed=0,1", *TINY, "model.dim=32",
          "trainer.epochs=1", "trainer.progress=false", "sweep_name=s"]  # fmt: skip
@@ -195,7 +196,7 @@ def test_the_per_class_table_and_the_plots(swept, monkeypatch):
                                     for ax in fig.axes]  # fmt: skip
         path.write_bytes(b"png")
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots, "save_figure", keep)
     assert report_main(["multirun/s", "--name", "again"]) == 0
     text = (swept / "results" / "again" / "comparison.md").read_text()
     assert "Top-1 % per class" in text and "| softmax " in text.split("Top-1 % per class")[1]
@@ -220,7 +221,7 @@ def test_a_data_efficiency_sweep_is_drawn(cli, tmp_path, monkeypatch):
                                      if ax.get_legend() else []) for ax in fig.axes]  # fmt: skip
         path.write_bytes(b"png")
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots, "save_figure", keep)
     result = cli("-m", "attention=softmax,linear", "data.subset=32,64", *TINY, "model.dim=32",
                  "trainer.epochs=1", "trainer.progress=false", "sweep_name=eff")  # fmt: skip
     assert result.returncode == 0, result.stderr

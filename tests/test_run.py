@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 HISTORY_COLUMNS = {
     "epoch", "train_loss", "train_acc", "train_s", "train_img_per_s", "test_loss", "test_acc",

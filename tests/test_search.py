@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import RUN, TINY
+from tests.helpers import RUN, TINY
 
 SEARCH = ["-m", "search=optuna", *TINY, "data.subset=120", "model.dim=16", "model.heads=4",
           "trainer.epochs=3", "trainer.progress=false", "sweep_name=s"]  # fmt: skip

@@ -5,13 +5,14 @@ import pandas as pd
 import pytest
 import torch
 
-from vitsweep.data import DeviceLoader
-from vitsweep.datasets import load_digits
+from vitsweep.data import Augment, DeviceLoader, Normalise, Splits
+from vitsweep.data.sets import load_digits
 from vitsweep.errors import Diverged
 from vitsweep.models import LinearAttention, PatchEmbedding, VisionTransformer
 from vitsweep.record import RunRecord
+from vitsweep.settings import TrainerSettings
 from vitsweep.tracking import NullTracker
-from vitsweep.train import TrainerSettings, autocast, cosine_schedule, fit
+from vitsweep.train import autocast, cosine_schedule, fit
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
@@ -47,9 +48,9 @@ def _digits_run(tmp_path, epochs=6, lr=3e-3, **settings):
     torch.manual_seed(0)
     train, test = load_digits()
     cpu = torch.device("cpu")
-    stats = {"mean": [0.3059] * 3, "std": [0.3241] * 3, "device": cpu}
-    train_loader = DeviceLoader(train, 64, **stats, train=True)
-    test_loader = DeviceLoader(test, 256, **stats)
+    normalise = Normalise([0.3059] * 3, [0.3241] * 3)
+    train_loader = DeviceLoader(train, 64, normalise, cpu, Augment())
+    test_loader = DeviceLoader(test, 256, normalise, cpu)
     model = VisionTransformer(
         partial(PatchEmbedding, patch_size=8), LinearAttention, 32, 3, 10, dim=64, depth=2
     )
@@ -64,7 +65,7 @@ def test_fit_learns_digits_and_records_every_epoch(tmp_path):
         tmp_path, log_every=4, eval_interval=2
     )
     tracker = RecordingTracker()
-    fit(model, train_loader, test_loader, optimizer, settings, record, tracker)
+    fit(model, optimizer, Splits(train_loader, test_loader), settings, [record, tracker])
     record.release()
 
     history = pd.read_csv(tmp_path / "history.csv")
@@ -83,7 +84,7 @@ def test_a_non_finite_loss_stops_training_with_its_step(tmp_path):
     model, *loaders, optimizer, settings, record = _digits_run(tmp_path, epochs=2, lr=1e30,
                                                                log_every=1000)  # fmt: skip
     with pytest.raises(Diverged) as stopped:
-        fit(model, *loaders, optimizer, settings, record, NullTracker())
+        fit(model, optimizer, Splits(*loaders), settings, [record, NullTracker()])
     record.release()
     assert 1 <= stopped.value.step <= len(loaders[0])  # found at the epoch's end, not later
 

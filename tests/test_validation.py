@@ -7,10 +7,11 @@ import json
 import pandas as pd
 import torch
 
-from tests.conftest import TINY
+from tests.helpers import TINY
 from vitsweep.config import compose_config
-from vitsweep.data import DataSettings
+from vitsweep.data import load_splits
 from vitsweep.report import comparison_table, row_from_run, to_markdown
+from vitsweep.settings import DataSettings
 
 
 def _digits(**changes) -> DataSettings:
@@ -25,8 +26,8 @@ def _rows(images: torch.Tensor) -> set[bytes]:
 
 
 def test_the_validation_split_is_stratified_fixed_and_apart_from_training():
-    whole = _digits().load()
-    splits = _digits(val_fraction=0.25).load()
+    whole = load_splits(_digits())
+    splits = load_splits(_digits(val_fraction=0.25))
     assert whole.val is None and splits.val is not None
     assert len(splits.train) + len(splits.val) == len(whole.train)
     assert splits.test.images.equal(whole.test.images)  # the test set is untouched
@@ -34,7 +35,7 @@ def test_the_validation_split_is_stratified_fixed_and_apart_from_training():
         members = int((whole.train.labels == c).sum())
         assert int((splits.val.labels == c).sum()) == round(members * 0.25)
     assert not _rows(splits.val.images) & _rows(splits.train.images)
-    again = _digits(val_fraction=0.25).load()
+    again = load_splits(_digits(val_fraction=0.25))
     assert again.val.images.equal(splits.val.images)  # the same images, run after run
 
 

@@ -1,73 +1,81 @@
-"""Hydra callbacks: what happens around a run or a multirun without anyone asking."""
+"""Hydra callbacks: what happens around a run or a multirun without anyone asking.
+
+    DryRun            dry_run=true: the jobs listed and sized, nothing run
+    CheckSearch       search=...: every setting checked, the study opened, before any trial
+    ClaimDirectories  a run's directory writable, a sweep's directory claimed by its grid
+    ComparisonReport  after every multirun: results/<sweep_name>/ (table, plots, manifest)
+    SearchReport      after a search: Optuna's plots and search.md
+
+Each takes Hydra's config here and hands plain settings on; every refusal is one line and its
+exit code, through ``vitsweep.errors``.
+"""
+
+from __future__ import annotations
 
 import atexit
 import os
 import platform
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from vitsweep.errors import ConfigError
+from vitsweep.config import (
+    command_line,
+    compose_sweep_job,
+    override_key,
+    parse_overrides,
+    plain,
+    sweep_jobs,
+    sweeper_of,
+    sweeper_params,
+    uses_basic_sweeper,
+    without_hydra,
+)
+from vitsweep.errors import ConfigError, Listed, ReportError, Unfinished, end_with, find_stop
 from vitsweep.fields import check_fields
+from vitsweep.job import build
+from vitsweep.measure import describe_model
 from vitsweep.record import FINISHED
+from vitsweep.report import label_runs, load_sweep, pick_baseline, write_report
+from vitsweep.report.aggregate import varying_overrides
+from vitsweep.search import SWEEP_STARTED, check_search, write_search_report
+from vitsweep.settings import ReportSettings, check_sweep_name, may_differ_on_resume
 from vitsweep.signals import SWEEP_PID, interrupt_on_sigterm, restore_sigterm
 from vitsweep.sweep import (
-    ReportSettings,
     check_results_folder,
-    check_sweep_name,
     claim_sweep,
-    expand_grid,
     git_commit,
     harness_state,
-    override_key,
 )
 
+if TYPE_CHECKING:
+    pass
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def refuse(err: Exception) -> None:
-    """Stop before anything starts: one line, exit 2."""
-    print(f"error: {err}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def sweep_grid(config: DictConfig) -> dict[str, Any]:
     """What makes a sweep this sweep: its command line and the sweeper's own parameters (an
     experiment's grid), a search's space, less the settings a resume may change
     (``trainer.resume``, ``trainer.progress``, ``report.*``, ...)."""
-    from vitsweep.job import may_differ_on_resume
-
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    overrides = [o for o in config.hydra.overrides.task
-                 if not may_differ_on_resume(override_key(o))]  # fmt: skip
+    overrides = [o for o in command_line(config) if not may_differ_on_resume(override_key(o))]
+    params = sweeper_params(config)
     grid = {  # sorted: the same grid typed in another order is the same sweep
         "overrides": sorted(overrides),
-        "params": {
-            str(k): str(v) for k, v in sorted(params.items()) if not may_differ_on_resume(str(k))
-        },  # fmt: skip
+        "params": {k: v for k, v in sorted(params.items()) if not may_differ_on_resume(k)},
     }
     if config.get("search"):  # a search's space, edited in its file, makes another search
-        space = OmegaConf.to_container(config.search.space, resolve=True)
+        space = plain(config.search.space)
         grid["search"] = {str(k): str(v) for k, v in sorted(space.items())}
     return grid
 
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-
-
-def sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The override lists of the jobs Hydra's basic sweeper will launch, in its order: the
-    sweeper's parameters (an experiment's grid), then the command line."""
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    return expand_grid(arguments)
-
-
 def report_settings(config: DictConfig) -> ReportSettings:
-    report = OmegaConf.to_container(config.get("report") or {}, resolve=True)
+    report = plain(config.get("report") or {})
     check_fields("report", ReportSettings, report)
     return ReportSettings(**report)
 
@@ -76,20 +84,16 @@ def check_baseline(config: DictConfig, baseline: int | str | None) -> None:
     """The baseline must name one row of the table the grid will make: checked against the
     jobs the basic sweeper will launch. A search's rows are its trials, known only at the end
     (as are another sweeper's), where a baseline that names none is said in the notes."""
-    if (
-        baseline is None
-        or config.get("search")
-        or (OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER)
-    ):
+    import pandas as pd  # only when a table is made: a run stays light
+
+    if baseline is None or config.get("search") or not uses_basic_sweeper(config):
         return
-    import pandas as pd
-
-    from vitsweep.report import label_runs, pick_baseline
-    from vitsweep.report.aggregate import varying_overrides
-    from vitsweep.report.read import parse_overrides
-
-    jobs = pd.DataFrame([{f"override:{k}": v for k, v in parse_overrides(job).items()}
-                         for job in sweep_jobs(config)])  # fmt: skip
+    jobs = pd.DataFrame(
+        [
+            {f"override:{k}": v for k, v in parse_overrides(job).items()}
+            for job in sweep_jobs(config)
+        ]
+    )
     keys = varying_overrides(jobs, sweep_grid(config))
     pick_baseline(list(dict.fromkeys(label_runs(jobs, keys))), baseline)
 
@@ -97,7 +101,7 @@ def check_baseline(config: DictConfig, baseline: int | str | None) -> None:
 def check_no_repeated_job(config: DictConfig) -> None:
     """A grid that lists one job twice (``optim.lr=1e-3,1e-3``) would train the same run twice
     and count it as two samples: refused (the basic sweeper's grid; another's is its own)."""
-    if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
+    if not uses_basic_sweeper(config):
         return
     seen: set[frozenset[str]] = set()
     for job in sweep_jobs(config):
@@ -109,15 +113,8 @@ def check_no_repeated_job(config: DictConfig) -> None:
 
 def size_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """One job's model built (on the CPU) and sized, or the one line that stops it."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from vitsweep.job import build
-    from vitsweep.measure import describe_model
-
     try:
-        job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
-        task = OmegaConf.to_container(OmegaConf.masked_copy(job, [k for k in job if k != "hydra"]),
-                                      resolve=True)  # fmt: skip
+        task = compose_sweep_job(config, overrides)
         task["device"] = {"name": "cpu"}  # sizes do not depend on the device
         parts = build(task)
         shape = (parts.data.channels, parts.data.image_size, parts.data.image_size)
@@ -126,9 +123,7 @@ def size_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
                 "GFLOPs/img": f"{size['flops_per_image'] / 1e9:.2f}", "epochs":
                 str(parts.settings.epochs), "ok": "ok"}  # fmt: skip
     except Exception as err:
-        from vitsweep.job import find_config_error
-
-        return {"ok": f"error: {find_config_error(err) or err}"}
+        return {"ok": f"error: {find_stop(err) or err}"}
 
 
 class DryRun(Callback):
@@ -140,24 +135,23 @@ class DryRun(Callback):
     def asked(config: DictConfig) -> bool:
         value = config.get("dry_run", False)
         if not isinstance(value, bool):  # dry_run=no would be a string, and true
-            refuse(ConfigError(f"dry_run={value!r}: expected true or false"))
+            end_with(ConfigError(f"dry_run={value!r}: expected true or false"))
         return value
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.asked(config):
-            self.plan(config, [list(config.hydra.overrides.task)])
+            self.plan(config, [command_line(config)])
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.asked(config):
             return
-        sweeper = OmegaConf.select(config, "hydra.sweeper._target_")
-        if sweeper != BASIC_SWEEPER:
-            refuse(ConfigError(f"dry_run lists the grid of Hydra's basic sweeper; this sweep "
-                                f"uses {sweeper}"))  # fmt: skip
+        if not uses_basic_sweeper(config):
+            end_with(ConfigError(f"dry_run lists the grid of Hydra's basic sweeper; this sweep "
+                                 f"uses {sweeper_of(config)}"))  # fmt: skip
         self.plan(config, sweep_jobs(config))
 
     def plan(self, config: DictConfig, jobs: list[list[str]]) -> None:
-        import pandas as pd
+        import pandas as pd  # only when a table is made: a run stays light
 
         shown = [[o for o in job if not o.startswith("dry_run=")] for job in jobs]
         common = set.intersection(*map(set, shown)) if len(shown) > 1 else set()
@@ -170,7 +164,28 @@ class DryRun(Callback):
         also = f"; all with: {' '.join(sorted(common))}" if common else ""
         print(f"\n{len(jobs)} jobs{also}. Dry run: nothing was created or trained"
               + (f"; {failed} would fail." if failed else "."))  # fmt: skip
-        raise SystemExit(2 if failed else 0)
+        end_with(Listed(failed))
+
+
+class CheckSearch(Callback):
+    """Before a search starts (and before its directory is claimed): every setting checked,
+    a trial's config composed and checked with each choice of the space, the storage opened
+    (the study made), and a validation split to tune on. Bad input is one line and exit 2,
+    before any trial."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.get("search"):
+            return
+        try:
+            sweep_dir = Path(config.hydra.sweep.dir)
+            check_search(plain(without_hydra(config)), command_line(config), sweep_dir)
+        except ConfigError as err:
+            end_with(err)
+        except ImportError as err:
+            end_with(ConfigError(f"search= needs {err.name}: pip install -e '.[search]'"))
+        except Exception as err:  # Hydra would make it a warning and start the workers
+            end_with(ConfigError(f"the search cannot start: {type(err).__name__}: {err}"))
+        os.environ[SWEEP_STARTED] = str(time.time())
 
 
 class ClaimDirectories(Callback):
@@ -185,35 +200,37 @@ class ClaimDirectories(Callback):
             probe.touch()
             probe.unlink()
         except OSError as err:
-            refuse(ConfigError(f"cannot write the run directory {run_dir}: {err.strerror}"))
+            end_with(ConfigError(f"cannot write the run directory {run_dir}: {err.strerror}"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         resume = OmegaConf.select(config, "trainer.resume", default=False) is True
-        overrides = " ".join(config.hydra.overrides.task)
         try:
             harness = harness_state(ROOT)
             about = {
                 "name": check_sweep_name(config.sweep_name),
-                "command": f"python src/run.py -m {overrides}",
+                "command": f"python src/run.py -m {' '.join(command_line(config))}",
                 "commit": git_commit(harness),
                 "harness": harness,
             }
             check_no_repeated_job(config)
             check_baseline(config, report_settings(config).baseline)  # before any claim
-            results = (
-                OmegaConf.select(config, "hydra.callbacks.comparison.results_dir") or "results"
-            )
-            check_results_folder(Path(results) / about["name"], Path(config.hydra.sweep.dir))
-            claim_sweep(Path(config.hydra.sweep.dir), sweep_grid(config), resume, about)
+            sweep_dir = Path(config.hydra.sweep.dir)
+            check_results_folder(results_root(config) / about["name"], sweep_dir)
+            claim_sweep(sweep_dir, sweep_grid(config), resume, about)
         except ConfigError as err:
-            refuse(err)
+            end_with(err)
         except Exception as err:  # Hydra would make it a warning and run the sweep unclaimed
-            refuse(ConfigError(f"the sweep cannot start: {type(err).__name__}: {err}"))
+            end_with(ConfigError(f"the sweep cannot start: {type(err).__name__}: {err}"))
         # Jobs that a parallel launcher runs in worker processes stop when this one is gone.
         os.environ[SWEEP_PID] = f"{os.getpid()}@{platform.node()}"
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ.pop(SWEEP_PID, None)
+
+
+def results_root(config: DictConfig) -> Path:
+    """Where a sweep's results folder goes (the comparison callback's ``results_dir``)."""
+    return Path(OmegaConf.select(config, "hydra.callbacks.comparison.results_dir") or "results")
 
 
 class ComparisonReport(Callback):
@@ -240,7 +257,7 @@ class ComparisonReport(Callback):
         self._stop_watching()
         not_completed = self.report(config)
         if not_completed:  # the table is written; the exit code still says something failed
-            raise SystemExit(1)
+            end_with(Unfinished(f"{not_completed} jobs did not finish"))
 
     def _stop_watching(self) -> None:
         atexit.unregister(self._report_on_exit)
@@ -254,8 +271,6 @@ class ComparisonReport(Callback):
 
     def report(self, config: DictConfig) -> int:
         """Write and print the table; returns how many jobs did not complete."""
-        from vitsweep.report import load_sweep, write_report  # pandas: only when reporting
-
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             runs, curves = load_sweep(sweep_dir)
@@ -266,12 +281,8 @@ class ComparisonReport(Callback):
             s = self.settings
             table = write_report(runs, curves, out_dir, sweep_dir, s.baseline, s.confidence)
         except Exception as err:
-            print(
-                f"error: the comparison table of {sweep_dir} could not be built: "
-                f"{type(err).__name__}: {err}",
-                file=sys.stderr,
-            )
-            raise SystemExit(1) from None
+            end_with(ReportError(f"the comparison table of {sweep_dir} could not be built: "
+                                 f"{type(err).__name__}: {err}"))  # fmt: skip
         not_completed = int((~runs["status"].isin(FINISHED)).sum())
         print(
             f"\n{table.attrs['headline']}\nComparison of {len(runs)} jobs ({not_completed} not "
@@ -280,3 +291,22 @@ class ComparisonReport(Callback):
         for note in table.attrs["notes"]:
             print(f"note: {note}", file=sys.stderr)
         return not_completed
+
+
+class SearchReport(Callback):
+    """After a search: Optuna's own plots (history, intermediate values, importances) and
+    search.md (the best trial, what was pruned, the epochs spent, the command that reruns the
+    best trial over seeds) in results/<sweep_name>/, beside the table of its trials."""
+
+    def __init__(self, results_dir: str = "results") -> None:
+        self.results_dir = Path(results_dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.get("search"):
+            return
+        experiment = config.hydra.runtime.choices.get("experiment")
+        sweep_dir, out_dir = Path(config.hydra.sweep.dir), self.results_dir / config.sweep_name
+        text = write_search_report(
+            plain(without_hydra(config)), command_line(config), experiment, sweep_dir, out_dir
+        )
+        print(text)

@@ -7,6 +7,7 @@ belongs (the model's tensors to its device; RNG states stay CPU byte tensors, as
 bf16 autocast needs no grad scaler, so there is none to save.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +20,25 @@ from vitsweep.files import write_atomic
 Schedule = torch.optim.lr_scheduler.LRScheduler
 
 
+@dataclass
+class Training:
+    """The model and every state that moves with it as it trains: what a checkpoint holds."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Schedule
+    loader: Any  # the training loader: its shuffling and augmentation RNG
+
+
 def save_checkpoint(
-    path: Path,
-    epoch: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Schedule,
-    loader: Any,
-    history: list[dict[str, float]],
+    path: Path, epoch: int, training: Training, history: list[dict[str, float]]
 ) -> None:
+    loader = training.loader
     state = {
         "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "model": training.model.state_dict(),
+        "optimizer": training.optimizer.state_dict(),
+        "scheduler": training.scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
@@ -56,17 +62,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def restore_checkpoint(
-    state: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Schedule,
-    loader: Any,
-) -> int:
+def restore_checkpoint(state: dict[str, Any], training: Training) -> int:
     """Put every state back; returns the epoch the checkpoint was taken after."""
-    model.load_state_dict(state["model"])  # copied onto the model's device
-    optimizer.load_state_dict(state["optimizer"])  # moved to the parameters' device
-    scheduler.load_state_dict(state["scheduler"])
+    training.model.load_state_dict(state["model"])  # copied onto the model's device
+    training.optimizer.load_state_dict(state["optimizer"])  # moved to the parameters' device
+    training.scheduler.load_state_dict(state["scheduler"])
+    loader = training.loader
     torch.set_rng_state(state["torch_rng"])
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

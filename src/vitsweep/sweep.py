@@ -6,52 +6,21 @@ again only to finish that same grid (``trainer.resume=true``); another grid is r
 """
 
 import hashlib
-import itertools
 import json
 import os
 import platform
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vitsweep.errors import ConfigError, require
+from vitsweep.config import expand_grid
+from vitsweep.errors import ConfigError
 
 RECORD = "sweep.yaml"
-
-
-@dataclass
-class ReportSettings:
-    """The ``report:`` block: how a sweep's table compares its rows."""
-
-    baseline: int | str | None = None  # a row number (from 1) or choices; null: the first row
-    confidence: float = 0.95  # of the intervals; a difference is marked at p < 1 - confidence
-
-    def __post_init__(self) -> None:
-        require(0 < self.confidence < 1, "report.confidence", self.confidence,
-                "a number in (0, 1)")  # fmt: skip
-
-
-def override_key(override: str) -> str:
-    """The key an override sets: '+model.foo=1' -> 'model.foo'."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def without_resume(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if override_key(o) != "trainer.resume"]
-
-
-def check_sweep_name(name: Any) -> str:
-    """A sweep's name is one path component: it names a folder under multirun/ and results/,
-    and must never reach outside them."""
-    text = str(name)
-    ok = text not in ("", ".", "..") and not any(c in text for c in "/\\\0")
-    require(ok, "sweep_name", name, "a single folder name (no '/', no '..')")
-    return text
 
 
 def grid_change(earlier: dict[str, Any], grid: dict[str, Any]) -> str:
@@ -100,23 +69,6 @@ def commit_exists(repo: Path, commit: str) -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return True
-
-
-def expand_grid(arguments: list[str]) -> list[list[str]]:
-    """The jobs of a grid as Hydra's basic sweeper makes them: each list of choices a factor
-    of the product, a later override replacing an earlier one of the same key."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    factors: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(arguments):
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            if not override.is_discrete_sweep():
-                raise ConfigError(f"{key}: the basic sweeper takes lists of choices, not ranges")
-            factors[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
-        else:
-            factors[key] = [f"{key}={override.get_value_element_as_str()}"]
-    return [list(job) for job in itertools.product(*factors.values())]
 
 
 def grid_size(grid: dict[str, Any]) -> int | None:

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class NullTracker:
-    """Logs nothing; for ``logger=none`` and for tests that don't test W&B."""
+    """Logs nothing; for ``logger=none`` and for tests that don't test W&B. Every tracker is a
+    training hook (``vitsweep.train.Hook``): what it is handed, it logs."""
 
     def start(
         self,
@@ -38,6 +39,15 @@ class NullTracker:
 
     def finish(self, exit_code: int = 0) -> None:
         pass
+
+    def on_resume(self, history: list[dict[str, Any]]) -> None:
+        pass
+
+    def on_step(self, metrics: dict[str, float], step: int) -> None:
+        self.log(metrics, step=step)
+
+    def on_epoch(self, row: dict[str, Any], step: int, training: Any) -> None:
+        self.log({k: v for k, v in row.items() if k != "confusion"}, step=step)
 
 
 class WandbTracker(NullTracker):

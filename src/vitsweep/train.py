@@ -1,9 +1,10 @@
 """The training loop: plain PyTorch, read top to bottom.
 
-``fit`` runs epochs of ``train_one_epoch`` and ``evaluate``, hands each epoch's row to the run
-record and the tracker, and checkpoints after every epoch. Nothing here knows which model,
-data set or logger it was given. One naming scheme for what a pass measured, everywhere
-(history.csv, summary.json, W&B, the table): ``train_*`` and ``test_*``, e.g. ``test_acc``.
+``fit`` runs epochs of ``train_one_epoch`` and ``evaluate`` and hands each epoch's row to its
+hooks: the run record (which checkpoints it), the tracker, a search's pruner. Nothing here
+knows which model, data set, logger or record it was given. One naming scheme for what a
+pass measured, everywhere (history.csv, summary.json, W&B, the table): ``train_*`` and
+``test_*``, e.g. ``test_acc``.
 """
 
 import contextlib
@@ -11,60 +12,35 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from vitsweep.checkpoint import Training, restore_checkpoint
+from vitsweep.data import Splits
 from vitsweep.device import resolve_precision, synchronize
-from vitsweep.errors import ConfigError, Diverged, require, require_each
-from vitsweep.record import free_on_resume
+from vitsweep.errors import ConfigError, Diverged, require
+from vitsweep.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # a DeviceLoader or a DataLoader
 
 
-@dataclass
-class TrainerSettings:
-    """The ``trainer:`` block of conf/config.yaml; each range is checked when it is built."""
+class Hook(Protocol):
+    """What watches training, called at three moments: the run record, a tracker, a search's
+    pruner. An ``on_epoch`` that raises (``Pruned``) stops training after that epoch."""
 
-    epochs: int = 40  # 0: build, size and record without training
-    batch_size: int = 128
-    micro_batch_size: int | None = None  # split each batch (same gradient; faster on CPU)
-    eval_batch_size: int = 512
-    precision: str = "auto"  # auto (bf16 on CUDA GPUs from Ampere on, else fp32) | fp32 | bf16
-    compile: bool = False  # torch.compile the model
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 0
-    min_lr_ratio: float = 0.01
-    grad_clip: float | None = None  # clip the gradient norm to this
-    eval_interval: int = 1
-    log_every: int = free_on_resume(10)
-    progress: bool = free_on_resume(True)
-    resume: bool = free_on_resume(False)  # continue from the run directory's checkpoint
+    def on_resume(self, history: list[dict[str, Any]]) -> None:
+        """Training carries on from a checkpoint holding this history."""
 
-    def __post_init__(self) -> None:
-        s, positive, optional = self, "a positive integer", "a positive integer or null"
-        require_each("trainer", [
-            ("epochs", s.epochs, s.epochs >= 0, "an integer >= 0 (0 sizes only)"),
-            ("batch_size", s.batch_size, s.batch_size >= 1, positive),
-            ("eval_batch_size", s.eval_batch_size, s.eval_batch_size >= 1, positive),
-            ("micro_batch_size", s.micro_batch_size,
-             s.micro_batch_size is None or s.micro_batch_size >= 1, optional),
-            ("precision", s.precision, s.precision in ("auto", "fp32", "bf16"),
-             "auto, fp32 or bf16"),
-            ("label_smoothing", s.label_smoothing, 0 <= s.label_smoothing < 1,
-             "a probability in [0, 1)"),
-            ("warmup_epochs", s.warmup_epochs, s.warmup_epochs >= 0, "a number >= 0"),
-            ("min_lr_ratio", s.min_lr_ratio, 0 <= s.min_lr_ratio <= 1, "a number in [0, 1]"),
-            ("grad_clip", s.grad_clip, s.grad_clip is None or s.grad_clip > 0,
-             "a positive number or null"),
-            ("eval_interval", s.eval_interval, s.eval_interval >= 1, positive),
-            ("log_every", s.log_every, s.log_every >= 1, positive),
-        ])  # fmt: skip
+    def on_step(self, metrics: dict[str, float], step: int) -> None:
+        """Every ``log_every`` optimizer steps: the step's loss and learning rate."""
+
+    def on_epoch(self, row: dict[str, Any], step: int, training: Training) -> None:
+        """After each epoch: its row (what history.csv keeps) and every state that trains."""
 
 
 def build_optimizer(
@@ -151,15 +127,16 @@ class PassMeter:
 
 
 def training_step(
-    model: nn.Module,
+    net: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    training: Training,
     settings: TrainerSettings,
     meter: PassMeter,
 ) -> torch.Tensor:
-    """One optimizer step on one batch; returns the batch's loss (on the device)."""
+    """One optimizer step of ``net`` (the model, or its compiled form) on one batch; returns
+    the batch's loss (on the device)."""
+    optimizer, scheduler = training.optimizer, training.scheduler
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     batch_loss = torch.zeros((), device=labels.device)
@@ -167,49 +144,49 @@ def training_step(
     chunk = settings.micro_batch_size or len(labels)
     for x, y in zip(images.split(chunk), labels.split(chunk)):
         with autocast(x.device, settings.precision):
-            logits = model(x)
+            logits = net(x)
             loss = criterion(logits, y)
         (loss * len(y) / len(labels)).backward()
         batch_loss += loss.detach() * len(y) / len(labels)
         meter.add(loss, logits, y)
     if settings.grad_clip:
-        nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        nn.utils.clip_grad_norm_(training.model.parameters(), settings.grad_clip)
     optimizer.step()
     scheduler.step()
     return batch_loss
 
 
 def train_one_epoch(
-    model: nn.Module,
-    loader: Batches,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    net: nn.Module,
+    training: Training,
     settings: TrainerSettings,
-    tracker: Any,
+    hooks: Sequence[Hook],
     step: int,
     desc: str = "train",
 ) -> tuple[dict[str, float], int]:
-    """One pass over the training set. Returns its loss, accuracy, seconds, images/s (and on
-    CUDA the allocator's peak, free to read), and the global step it ended on. Raises
-    ``Diverged`` at the first non-finite loss."""
-    device = next(model.parameters()).device
-    model.train()
+    """One pass of ``net`` (the model, or its compiled form) over the training loader.
+    Returns its loss, accuracy, seconds, images/s (and on CUDA the allocator's peak, free to
+    read), and the global step it ended on. Raises ``Diverged`` at the first non-finite
+    loss."""
+    device = next(net.parameters()).device
+    net.train()
     meter = PassMeter("train", device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # The first non-finite step is noted on the device and read only where we sync anyway.
     first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
-    bar = tqdm(loader, desc=desc, leave=False, disable=None if settings.progress else True)
+    bar = tqdm(training.loader, desc=desc, leave=False, disable=None if settings.progress else True)
     for images, labels in bar:  # disable=None above: bars only on a terminal
         images, labels = to_device(images, labels, device)
-        batch_loss = training_step(model, images, labels, optimizer, scheduler, settings, meter)
+        batch_loss = training_step(net, images, labels, training, settings, meter)
         step += 1
         bad = ~torch.isfinite(batch_loss) & (first_bad_step < 0)
         first_bad_step = torch.where(bad, step, first_bad_step)
         if step % settings.log_every == 0:
             raise_if_diverged(first_bad_step)
-            lr = scheduler.get_last_lr()[0]
-            tracker.log({"step/train_loss": batch_loss.item(), "step/lr": lr}, step=step)
+            lr = training.scheduler.get_last_lr()[0]
+            for hook in hooks:
+                hook.on_step({"step/train_loss": batch_loss.item(), "step/lr": lr}, step)
     raise_if_diverged(first_bad_step)
     stats = meter.read()
     if device.type == "cuda":
@@ -250,48 +227,55 @@ def evaluate(
 
 def fit(
     model: nn.Module,
-    train_loader: Batches,
-    test_loader: Batches,
     optimizer: torch.optim.Optimizer,
+    loaders: Splits,
     settings: TrainerSettings,
-    record: Any,
-    tracker: Any,
+    hooks: Sequence[Hook] = (),
     resume_from: dict[str, Any] | None = None,
     num_classes: int | None = None,
-    val_loader: Batches | None = None,
 ) -> None:
     """Train for ``settings.epochs``, evaluating every ``eval_interval`` epochs and after the
-    last (on the validation split too, when there is one; the test set with a confusion
-    matrix over ``num_classes``). After each epoch, ``record.end_epoch`` writes the row and
-    the checkpoint together. ``resume_from`` (a checkpoint's state) carries on after its epoch
-    with every state (model, optimizer, schedule, RNGs, history) as it was then."""
+    last (on the validation split too, when ``loaders`` has one; the test set with a confusion
+    matrix over ``num_classes``), each epoch's row handed to every hook in turn. ``resume_from``
+    (a checkpoint's state) carries on after its epoch with every state (model, optimizer,
+    schedule, RNGs, history) as it was then."""
     s = settings
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = len(loaders.train)
     warmup_steps = round(s.warmup_epochs * steps_per_epoch)
     scheduler = cosine_schedule(optimizer, s.epochs * steps_per_epoch, warmup_steps, s.min_lr_ratio)
+    training = Training(model, optimizer, scheduler, loaders.train)
     start_epoch = 1
     if resume_from is not None:
-        start_epoch = record.restore(resume_from, model, optimizer, scheduler, train_loader) + 1
+        start_epoch = restore_checkpoint(resume_from, training) + 1
+        for hook in hooks:
+            hook.on_resume(resume_from["history"])
         log.info("resumed after epoch %d", start_epoch - 1)
-    trained = torch.compile(model) if s.compile else model
+    net = torch.compile(model) if s.compile else model
     step = (start_epoch - 1) * steps_per_epoch
 
     for epoch in range(start_epoch, s.epochs + 1):
         desc = f"epoch {epoch}/{s.epochs}"
-        stats, step = train_one_epoch(
-            trained, train_loader, optimizer, scheduler, s, tracker, step, desc
-        )
+        stats, step = train_one_epoch(net, training, s, hooks, step, desc)
         row = {"epoch": epoch, **stats}
         if epoch % s.eval_interval == 0 or epoch == s.epochs:
-            if val_loader is not None:
-                row |= evaluate(trained, val_loader, s, split="val")
-            row |= evaluate(trained, test_loader, s, num_classes)
+            row |= evaluate_epoch(net, loaders, s, num_classes)
             if not math.isfinite(row["test_loss"]):  # finite but exploded weights: no model
                 raise Diverged(step, "test loss")
         row["lr"] = scheduler.get_last_lr()[0]
-        record.end_epoch(row, model, optimizer, scheduler, train_loader)
-        tracker.log({k: v for k, v in row.items() if k != "confusion"}, step=step)
+        for hook in hooks:
+            hook.on_epoch(row, step, training)
         log.info(epoch_line(row, s.epochs))
+
+
+def evaluate_epoch(
+    net: nn.Module, loaders: Splits, settings: TrainerSettings, num_classes: int | None
+) -> dict[str, Any]:
+    """An evaluated epoch's numbers: the validation split's (when there is one), then the test
+    set's."""
+    row = {}
+    if loaders.val is not None:
+        row |= evaluate(net, loaders.val, settings, split="val")
+    return row | evaluate(net, loaders.test, settings, num_classes)
 
 
 def epoch_line(row: dict[str, float], epochs: int) -> str:

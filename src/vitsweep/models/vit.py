@@ -72,30 +72,11 @@ def sincos_positions(num_tokens: int, dim: int) -> torch.Tensor:
     return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
 
 
-def _check_args(
-    image_size: int,
-    in_channels: int,
-    num_classes: int,
-    dim: int,
-    depth: int,
-    heads: int,
-    mlp_dim: int,
-    dropout: float,
-    pool: str,
-    pos: str,
-) -> None:
-    """One ConfigError for the first bad argument: the sizes, the heads, then the choices."""
-    positive = "a positive integer"
-    sizes = {
-        "image_size": image_size,
-        "in_channels": in_channels,
-        "num_classes": num_classes,
-        "dim": dim,
-        "depth": depth,
-        "mlp_dim": mlp_dim,
-    }
-    require_each("model", [(field, v, v >= 1, positive) for field, v in sizes.items()])
-    check_heads(dim, heads)
+def _check_args(sizes: dict[str, int], heads: int, dropout: float, pool: str, pos: str) -> None:
+    """One ConfigError for the first bad argument: the sizes (``dim`` among them), the heads,
+    then the choices."""
+    require_each("model", [(field, v, v >= 1, "a positive integer") for field, v in sizes.items()])
+    check_heads(sizes["dim"], heads)
     require_each("model", [
         ("dropout", dropout, 0 <= dropout < 1, "a probability in [0, 1)"),
         ("pool", pool, pool in ("cls", "mean"), "cls or mean"),
@@ -135,9 +116,9 @@ class VisionTransformer(nn.Module):
         nanovit_quirks: bool = False,
     ) -> None:
         super().__init__()
-        _check_args(
-            image_size, in_channels, num_classes, dim, depth, heads, mlp_dim, dropout, pool, pos
-        )
+        sizes = {"image_size": image_size, "in_channels": in_channels, "num_classes": num_classes,
+                 "dim": dim, "depth": depth, "mlp_dim": mlp_dim}  # fmt: skip
+        _check_args(sizes, heads, dropout, pool, pos)
         self.embed = embedding(in_channels=in_channels, dim=dim, image_size=image_size)
         self.num_tokens = self.embed.num_tokens
         self.pool = pool

@@ -5,16 +5,20 @@ samples a row aggregates). What the table cannot be sure of is never dropped in 
 listed in ``table.attrs["notes"]`` and printed with the table.
 """
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
+from vitsweep.config import override_key
 from vitsweep.errors import ConfigError
-from vitsweep.record import DONE, FINISHED
+from vitsweep.record.summary import DONE, FINISHED
 from vitsweep.report.columns import columns
 from vitsweep.stats import compare, mean_interval
-from vitsweep.sweep import override_key
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EVERY_JOB = "all jobs"  # the one row's name when nothing but the seed varies
 
@@ -33,6 +37,8 @@ def varying_overrides(runs: pd.DataFrame, grid: dict[str, Any] | None = None) ->
 
 def label_runs(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
     """Name each run by the choices that vary; with none, every run is one row."""
+    import pandas as pd  # only when a table is made: a run stays light
+
     if not keys:
         return pd.Series(EVERY_JOB, index=runs.index)
     parts = [k + "=" + runs[f"override:{k}"].fillna("?").astype(str) for k in keys]
@@ -52,6 +58,8 @@ def _joined(values: pd.Series) -> str | None:
 def mean_by_key(values: pd.Series) -> dict[str, float]:
     """Mappings (one per run) averaged key by key, in the first mapping's order; a key a run
     lacks, or holds as null, is averaged over the runs that have it."""
+    import pandas as pd  # only when a table is made: a run stays light
+
     frame = pd.DataFrame([v for v in values if isinstance(v, dict)])
     return {str(k): float(v) for k, v in frame.mean(skipna=True).items() if pd.notna(v)}
 
@@ -80,6 +88,8 @@ def aggregate(runs: pd.DataFrame, keys: list[str], confidence: float) -> pd.Data
     """One row per configuration: the runs that differ only in seed, each ``Column`` combined
     as it declares (means and standard deviations over the runs that completed), with a
     t-interval of best top-1."""
+    import pandas as pd  # only when a table is made: a run stays light
+
     labelled = runs.assign(label=label_runs(runs, keys))
     done = labelled[labelled["status"].isin(FINISHED)]  # a pruned trial shows what it reached
     groups = labelled.groupby("label", sort=False)
@@ -104,6 +114,8 @@ def aggregate(runs: pd.DataFrame, keys: list[str], confidence: float) -> pd.Data
 
 def per_class(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """Each row's top-1 per class (%, mean over its completed seeds): rows × classes."""
+    import pandas as pd  # only when a table is made: a run stays light
+
     labels = label_runs(runs, list(table.attrs.get("keys", [])))
     done = runs["status"].isin(DONE)
     means = {label: mean_by_key(group["per_class_top1"])

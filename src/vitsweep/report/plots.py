@@ -1,16 +1,21 @@
 """The sweep's plots: curves per epoch, and accuracy against cost (matplotlib, written
 atomically, readable at the README's width)."""
 
+from __future__ import annotations
+
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from vitsweep.files import write_atomic
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def _pyplot():
+
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,9 +24,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def short(label: str) -> str:
@@ -41,7 +46,7 @@ def plot_curves(
     a band of one standard deviation where seeds repeat it."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = _pyplot().subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     if len(curves) and column in curves:
         data = curves.dropna(subset=[column])
         data = data.assign(label=data["run"].map(labels))
@@ -60,7 +65,7 @@ def plot_curves(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def frontier(costs: list[float], scores: list[float]) -> list[int]:
@@ -80,7 +85,7 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> None:
     and forward GFLOPs per image; each point is a row, and the frontier is drawn."""
     costs = [("train_s_per_epoch", "train seconds per epoch"),
              ("gflops_per_image", "forward GFLOPs per image")]  # fmt: skip
-    fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4.4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.4))
     for ax, (cost, xlabel) in zip(axes, costs):
         data = table.dropna(subset=[cost, "best_top1"]).reset_index(drop=True)
         if data.empty:
@@ -103,13 +108,13 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> None:
         ax.grid(True, alpha=0.3)
     fig.suptitle("Accuracy against cost (upper left is better)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(panels: list[tuple[str, np.ndarray, list[str]]], path: Path) -> None:
     """Confusion matrices side by side (``panels``: title, matrix, class names), each row
     normalised by its true class's count, so the diagonal is each class's top-1."""
-    fig, axes = _pyplot().subplots(1, len(panels), figsize=(5.6 * len(panels), 5.2),
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5.6 * len(panels), 5.2),
                                    squeeze=False)  # fmt: skip
     for ax, (title, matrix, classes) in zip(axes[0], panels):
         counts = matrix.sum(axis=1, keepdims=True)
@@ -124,13 +129,13 @@ def plot_confusion(panels: list[tuple[str, np.ndarray, list[str]]], path: Path) 
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
                         color="white" if value > 0.5 else "black")  # fmt: skip
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="share of the true class")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_data_efficiency(points: pd.DataFrame, path: Path) -> None:
     """Best top-1 against the number of training images: a line per configuration (``points``:
     label, images, best_top1, low, high), with its interval over seeds where it has one."""
-    fig, ax = _pyplot().subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     for label, line in points.sort_values("images").groupby("label", sort=False):
         below = (line["best_top1"] - line["low"]).fillna(0)
         above = (line["high"] - line["best_top1"]).fillna(0)
@@ -145,4 +150,4 @@ def plot_data_efficiency(points: pd.DataFrame, path: Path) -> None:
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -5,19 +5,24 @@ name, status, overrides, seed), then every ``Column`` of vitsweep.report.columns
 the per-epoch histories, one frame for all runs.
 """
 
+from __future__ import annotations
+
 import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from vitsweep.config import parse_overrides
 from vitsweep.files import lock_is_held
 from vitsweep.report.columns import columns
-from vitsweep.sweep import check_sweep_name, read_sweep_record
+from vitsweep.settings import check_sweep_name
+from vitsweep.sweep import read_sweep_record
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def sweep_name(sweep_dir: str | os.PathLike, runs: pd.DataFrame | None = None) -> str:
@@ -27,17 +32,6 @@ def sweep_name(sweep_dir: str | os.PathLike, runs: pd.DataFrame | None = None) -
     if not name and runs is not None and "sweep_name" in runs:
         name = next(iter(runs["sweep_name"].dropna()), None)
     return check_sweep_name(name or Path(sweep_dir).resolve().name)
-
-
-def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
-    """['attention=softmax', '+seed=1'] -> {'attention': 'softmax', 'seed': '1'}, read by
-    Hydra's own override parser (a quoted value may hold '=' and spaces)."""
-    overrides = [o for o in overrides if "=" in o]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:  # not Hydra's syntax (hand-made tags): key=value as written
-        return dict(o.lstrip("+~").split("=", 1) for o in overrides)
-    return {o.key_or_group: str(o.value()) for o in parsed}
 
 
 def row_from_run(
@@ -115,6 +109,8 @@ def read_job(job: Path, run_id: str) -> dict[str, Any]:
 def read_curve(path: Path, run_id: str) -> pd.DataFrame | str:
     """A job's history.csv as numbers, or why it cannot be read (a truncated or damaged file
     gives no curve, and the table says so)."""
+    import pandas as pd  # only when a table is made: a run stays light
+
     if not path.exists():
         return pd.DataFrame()
     try:
@@ -130,6 +126,8 @@ def read_curve(path: Path, run_id: str) -> pd.DataFrame | str:
 def load_sweep(sweep_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows and per-epoch curves of every job under ``sweep_dir``. What could not be read is
     listed in ``runs.attrs["notes"]``."""
+    import pandas as pd  # only when a table is made: a run stays light
+
     sweep_dir = Path(sweep_dir)
     rows, curves, notes = [], [], []
     for job in job_dirs(sweep_dir):
@@ -159,6 +157,8 @@ def frame_from_wandb_runs(runs: Iterable[Any]) -> tuple[pd.DataFrame, pd.DataFra
     """The adapter from W&B run objects (config, summary, tags, history) to the table's
     schema. The summary holds the run record's summary; the tags hold the job's overrides;
     per-epoch metrics are logged under the history's own names."""
+    import pandas as pd  # only when a table is made: a run stays light
+
     rows, curves = [], []
     for run in runs:
         summary = {k: v for k, v in dict(run.summary).items() if not k.startswith("_")}

@@ -1,34 +1,30 @@
-"""The table in words and pictures: comparison.md (headline, how to read it, notes, every
-column, what produced it), comparison.csv, and the plots."""
+"""The table in words: comparison.md's parts (the headline, how to read it, the notes, every
+column, the per-class table, what produced it), each a function of the table."""
+
+from __future__ import annotations
 
 import contextlib
-import json
-import os
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from vitsweep.files import write_atomic
 from vitsweep.report.aggregate import (
-    comparison_table,
-    label_runs,
     per_class,
-    summed_confusion,
-    varying_overrides,
 )
 from vitsweep.report.columns import Column, columns
 from vitsweep.report.plots import short
-from vitsweep.sweep import check_results_folder, grid_size, override_key, read_sweep_record
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
-def _missing(value: Any) -> bool:
+def missing(value: Any) -> bool:
+    import pandas as pd  # only when a table is made: a run stays light
+
     return value is None or (not isinstance(value, str | dict | list) and bool(pd.isna(value)))
 
 
 def _override_cell(value: Any) -> str:
     """A row's choice as typed, numbers shortened (optim.lr=0.000646642... -> 0.0006466)."""
-    if _missing(value):
+    if missing(value):
         return "—"
     with contextlib.suppress(ValueError):
         number = float(value)
@@ -37,12 +33,12 @@ def _override_cell(value: Any) -> str:
 
 
 def _cell(column: Column, value: Any, std: Any = None) -> str:
-    if _missing(value):
+    if missing(value):
         return "—"
     if isinstance(value, str):
         return value
     text = column.fmt.format(value)
-    return text if _missing(std) else f"{text} ± {column.fmt.format(std)}"
+    return text if missing(std) else f"{text} ± {column.fmt.format(std)}"
 
 
 def ci_heading(confidence: float) -> str:
@@ -62,6 +58,8 @@ def _p_value(p: float) -> str:
 
 def _difference(row: pd.Series) -> tuple[str, str]:
     """The Δ and p cells of a row."""
+    import pandas as pd  # only when a table is made: a run stays light
+
     if row["baseline"]:
         return "baseline", ""
     if pd.isna(row["diff_best_top1"]):
@@ -100,6 +98,8 @@ def to_markdown(table: pd.DataFrame, keys: list[str], headline: bool = False) ->
     """The table as markdown: the varying choices first (they name the rows), then the model
     and the measurements (for ``headline``, the few that matter most), then how sure the
     accuracy is, at the table's own confidence."""
+    import pandas as pd  # only when a table is made: a run stays light
+
     rows = [row for _, row in table.iterrows()]
     cells = {key: [_override_cell(row.get(f"override:{key}")) for row in rows] for key in keys}
     for column in shown_columns(table, keys, headline):
@@ -160,6 +160,8 @@ def notes_text(table: pd.DataFrame) -> str:
 def per_class_text(runs: pd.DataFrame, table: pd.DataFrame, most: int = 20) -> str:
     """Rows × classes: each row's top-1 per class (mean over its seeds), for up to ``most``
     classes."""
+    import pandas as pd  # only when a table is made: a run stays light
+
     frame = per_class(runs, table)
     if frame.empty or not 0 < frame.shape[1] <= most:
         return ""
@@ -169,130 +171,3 @@ def per_class_text(runs: pd.DataFrame, table: pd.DataFrame, most: int = 20) -> s
     return (
         f"Top-1 % per class (at each run's best epoch, mean over the row's seeds):\n\n{markdown}\n"
     )
-
-
-def confusion_panels(runs: pd.DataFrame, table: pd.DataFrame) -> list[tuple[str, Any, list]]:
-    """The baseline row's and the best row's summed confusion matrices, with class names."""
-    keys = list(table.attrs.get("keys", []))
-    best = table["best_top1"].astype(float).idxmax() if table["best_top1"].notna().any() else None
-    chosen = {int(table.index[table["baseline"]][0]): "baseline"}
-    if best is not None and int(best) not in chosen:
-        chosen[int(best)] = "best"
-    panels = []
-    for position, role in chosen.items():
-        label = table["label"][position]
-        matrix = summed_confusion(runs, label, keys)
-        names = next((c for c in runs.loc[label_runs(runs, keys) == label, "classes"]
-                      if isinstance(c, list)), None)  # fmt: skip
-        if matrix is not None:
-            names = names or [str(i) for i in range(len(matrix))]
-            panels.append((f"{role}: {short(label)}", matrix, names))
-    return panels
-
-
-def efficiency_points(table: pd.DataFrame) -> pd.DataFrame:
-    """For a sweep that varies ``data.subset``: each row's training images and best top-1,
-    named by its other choices."""
-    others = [k for k in table.attrs.get("keys", []) if k != "data.subset"]
-    images = table["train_images"].fillna(pd.to_numeric(table["override:data.subset"],
-                                                         errors="coerce"))  # fmt: skip
-    return pd.DataFrame({
-        "label": label_runs(table, others) if others else "all",
-        "images": images, "best_top1": table["best_top1"],
-        "low": table["best_top1_low"], "high": table["best_top1_high"],
-    }).dropna(subset=["images", "best_top1"])  # fmt: skip
-
-
-def manifest(runs: pd.DataFrame, table: pd.DataFrame, sweep: dict[str, Any]) -> dict[str, Any]:
-    """What a reproduction needs: per row its overrides (less the seed), seeds, runs and
-    per-seed best top-1; for the sweep the harness commit and its state, versions, device
-    and data fingerprints."""
-    labels = label_runs(runs, list(table.attrs.get("keys", [])))
-
-    def distinct(frame: pd.DataFrame, column: str) -> list[str]:
-        return sorted({str(v) for v in frame[column].dropna()})
-
-    rows = []
-    for _, row in table.iterrows():
-        group = runs[labels == row["label"]]
-        seeds = sorted({int(s) for s in group["seed"].dropna()})
-        first = next(iter(group["overrides"]), [])
-        rows.append({
-            "label": row["label"],
-            "overrides": [o for o in first if override_key(o) != "seed"],
-            "seeds": seeds, "runs": list(group["run"]),
-            "best_top1": {str(k): v for k, v in row["per_seed"].items()},
-            "mean": _number(row["best_top1"]), "low": _number(row["best_top1_low"]),
-            "high": _number(row["best_top1_high"]), "n": int(row["n"]),
-            "data_fingerprint": distinct(group, "data_fingerprint"),
-        })  # fmt: skip
-    harness = sweep.get("harness") or {"commit": None, "dirty": None, "diff_sha256": None}
-    return {
-        "sweep": sweep.get("name"), "command": sweep.get("command"), "harness": harness,
-        "versions": {v: distinct(runs, v) for v in ("python", "torch", "cuda")},
-        "device": distinct(runs, "device"), "data": distinct(runs, "data_fingerprint"),
-        "confidence": table.attrs.get("confidence"), "rows": rows,
-    }  # fmt: skip
-
-
-def _number(value: Any) -> float | None:
-    return None if _missing(value) else float(value)
-
-
-def write_report(
-    runs: pd.DataFrame,
-    curves: pd.DataFrame,
-    out_dir: Path,
-    source: str | os.PathLike,
-    baseline: int | str | None = None,
-    confidence: float = 0.95,
-) -> pd.DataFrame:
-    """Write comparison.md/.csv, manifest.json and the plots into ``out_dir``; returns the
-    table (its headline in ``table.attrs["headline"]``, what to read with care in
-    ``attrs["notes"]``). ``source`` is the sweep directory (its sweep.yaml gives the footer)
-    or a W&B group."""
-    check_results_folder(out_dir, source)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sweep = read_sweep_record(Path(source)) if Path(source).is_dir() else {}
-    keys = varying_overrides(runs, sweep.get("grid"))
-    table = comparison_table(runs, baseline, confidence, keys)
-    expected = grid_size(sweep.get("grid") or {}) if sweep.get("grid") else None
-    if expected and len(runs) < expected:
-        table.attrs["notes"].append(f"{expected - len(runs)} of the grid's {expected} jobs have "
-                                    "no record: not run yet, or deleted")  # fmt: skip
-    table.attrs["headline"] = to_markdown(table, keys, headline=True)
-    text = "\n".join(part for part in [
-        f"# Sweep {out_dir.name}\n\nFrom {source} ({len(runs)} jobs).\n",
-        table.attrs["headline"], how_to_read(table), notes_text(table),
-        "All columns:\n", to_markdown(table, keys), per_class_text(runs, table),
-        footer(runs, curves, sweep),
-    ] if part)  # fmt: skip
-    write_atomic(out_dir / "comparison.md", text)
-    kept = table.drop(columns=["per_seed", "overrides", "confusion", "classes", "per_class_top1"])
-    write_atomic(out_dir / "comparison.csv", kept.to_csv(index=False))
-    found = manifest(runs, table, sweep) | {"source": str(source)}
-    write_atomic(out_dir / "manifest.json", json.dumps(found, indent=2))
-    draw(runs, curves, table, keys, out_dir)
-    return table
-
-
-def draw(
-    runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame, keys: list[str], out_dir: Path
-) -> None:
-    """The sweep's plots: curves, accuracy against cost, confusion matrices, and for a sweep
-    over ``data.subset`` its data efficiency."""
-    from vitsweep.report.plots import (
-        plot_confusion,
-        plot_curves,
-        plot_data_efficiency,
-        plot_pareto,
-    )
-
-    labels = dict(zip(runs["run"], label_runs(runs, keys)))
-    plot_curves(curves, labels, "test_acc", "test top-1 (%)", out_dir / "accuracy.png", 100)
-    plot_curves(curves, labels, "train_s", "train seconds per epoch", out_dir / "latency.png")
-    plot_pareto(table, out_dir / "pareto.png")
-    if panels := confusion_panels(runs, table):
-        plot_confusion(panels, out_dir / "confusion.png")
-    if "data.subset" in keys and len(points := efficiency_points(table)):
-        plot_data_efficiency(points, out_dir / "data_efficiency.png")

@@ -10,29 +10,26 @@ data). A manifest whose commit is not in this repository, or whose data the data
 match, is refused before anything trains.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-from omegaconf import OmegaConf
-
-from vitsweep.config import compose_job
+from vitsweep.config import compose_job, override_key, plain
+from vitsweep.data import fingerprint, load_splits
 from vitsweep.errors import ConfigError, first_line
 from vitsweep.files import write_atomic
 from vitsweep.job import JobInfo, run_job
+from vitsweep.report.pipeline import write_report
 from vitsweep.report.read import load_sweep
-from vitsweep.report.render import write_report
+from vitsweep.settings import DataSettings, check_sweep_name
 from vitsweep.stats import mean_interval
-from vitsweep.sweep import (
-    check_sweep_name,
-    claim_sweep,
-    commit_exists,
-    git_commit,
-    harness_state,
-    override_key,
-)
+from vitsweep.sweep import claim_sweep, commit_exists, git_commit, harness_state
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[3]
 NOT_REPEATED = ("seed", "sweep_name", "trainer.resume")  # set by the reproduction itself
@@ -70,11 +67,12 @@ def plan(found: dict[str, Any], rows: list[int] | None, seeds: list[int] | None)
     return chosen
 
 
-def composed(row: dict[str, Any]) -> tuple[Any, dict[str, str]]:
-    """A row's config as recorded; one that no longer composes (an option renamed since) is
-    one ConfigError."""
+def compose_row(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A row's config as recorded (plain) and its choices; one that no longer composes (an
+    option renamed since) is one ConfigError."""
     try:
-        return compose_job(list(row_key(row["overrides"])))
+        cfg, choices = compose_job(list(row_key(row["overrides"])))
+        return plain(cfg), choices
     except Exception as err:
         raise ConfigError(
             f"row {row['number']}: its overrides no longer compose ({first_line(err)})"
@@ -83,13 +81,10 @@ def composed(row: dict[str, Any]) -> tuple[Any, dict[str, str]]:
 
 def check_data(row: dict[str, Any]) -> None:
     """The data this row would load here is the data it was trained on (its fingerprint)."""
-    from vitsweep.data import DataSettings, fingerprint
-
     if not row.get("data_fingerprint"):
         return
-    cfg, _ = composed(row)
-    data = DataSettings(**OmegaConf.to_container(cfg.data, resolve=True))
-    found = fingerprint(*data.load())
+    config, _ = compose_row(row)
+    found = fingerprint(*load_splits(DataSettings(**config["data"])))
     if found not in row["data_fingerprint"]:
         raise ConfigError(f"row {row['number']}: its data's fingerprint here is {found}, the "
                           f"manifest's {', '.join(row['data_fingerprint'])}: not the data it was "
@@ -107,10 +102,10 @@ def run_rows(chosen: list[dict], sweep_dir: Path, name: str, resume: bool) -> No
         job = JobInfo(run_dir=sweep_dir / str(num), multirun=True, choices=choices,
                       overrides=overrides, name=",".join(overrides), sweep_name=name,
                       num=num)  # fmt: skip
-        run_job(cfg, job)
+        run_job(plain(cfg), job)
 
 
-def verdict(row: dict[str, Any], again: dict[str, float]) -> str:
+def judge(row: dict[str, Any], again: dict[str, float]) -> str:
     original = {str(k): v for k, v in row["best_top1"].items()}
     if not again:
         return "no result"
@@ -146,6 +141,8 @@ def per_row_results(chosen: list[dict], runs: pd.DataFrame) -> list[dict[str, fl
 
 
 def interval(mean: Any, low: Any, high: Any, n: int) -> str:
+    import pandas as pd  # only when a table is made: a run stays light
+
     if mean is None or pd.isna(mean):
         return "—"
     return f"{mean:.2f} [{low:.2f}, {high:.2f}] (n={n})" if n >= 2 else f"{mean:.2f} (n={n})"
@@ -153,6 +150,8 @@ def interval(mean: Any, low: Any, high: Any, n: int) -> str:
 
 def reproduction_text(found: dict, chosen: list[dict], results: list[dict], after: dict) -> str:
     """reproduction.md: per row, the original and reproduced best top-1, and the verdict."""
+    import pandas as pd  # only when a table is made: a run stays light
+
     lines = []
     for row, again in zip(chosen, results):
         new = mean_interval(list(again.values()), found.get("confidence") or 0.95)
@@ -163,7 +162,7 @@ def reproduction_text(found: dict, chosen: list[dict], results: list[dict], afte
             "original best top-1 %": interval(row["mean"], row["low"], row["high"], row["n"]),
             "reproduced": interval(new.mean, new.low, new.high, new.n),
             "per seed (original → reproduced)": per_seed or "—",
-            "verdict": verdict(row, again),
+            "verdict": judge(row, again),
         })  # fmt: skip
     table = pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
     differs = what_differs(found, after)

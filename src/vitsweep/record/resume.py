@@ -1,0 +1,75 @@
+"""Whether a run directory is started, carried on or left alone: a pure function of the run
+found there, this run's config and ``trainer.resume``.
+
+A directory with nothing worth keeping (none, or a run that failed before training) is started
+afresh either way. Without ``resume``, one that holds a run is refused. With it, the run must
+have the same config (the settings a resume may change left out); it carries on from its
+checkpoint, or is left alone if it is done.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from vitsweep.errors import ConfigError
+from vitsweep.record.summary import DONE
+from vitsweep.settings import compared_on_resume
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """The run a directory already holds, as read from its files."""
+
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    epochs: int  # rows of its history
+    checkpoint: bool  # whether checkpoint.pt is there
+
+    @property
+    def started(self) -> bool:
+        return bool(self.epochs) or self.checkpoint
+
+
+Action = Literal["start", "carry_on", "leave"]
+
+
+def differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = list(dict.fromkeys([*a, *b]))
+        return [d for k in keys for d in differences(a.get(k), b.get(k), f"{path}{k}.")]
+    return [] if a == b else [f"{path.rstrip('.')} ({a!r} -> {b!r})"]
+
+
+def decide_resume(
+    run_dir: Path, earlier: Earlier | None, config: dict[str, Any], resume: bool
+) -> Action:
+    """``start`` afresh, ``carry_on`` (the earlier summary kept, from the checkpoint where there
+    is one), or ``leave`` a finished run as it is; a refusal is one ConfigError naming both
+    ways on."""
+    if earlier is None or (
+        not earlier.started and earlier.summary.get("status") in (None, "failed", "running")
+    ):
+        return "start"  # it never trained: nothing to keep
+    status = earlier.summary.get("status")
+    held = f"{run_dir} already holds a run ({status}, {earlier.epochs} epochs)"
+    if not resume:
+        raise ConfigError(
+            f"{held}; add trainer.resume=true to continue it with the same "
+            "config, or choose a new directory"
+        )
+    changed = differences(compared_on_resume(earlier.config), compared_on_resume(config))
+    if changed:
+        shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
+        raise ConfigError(
+            f"{held} with another config ({shown}); resume it with the "
+            "same overrides, or choose a new directory"
+        )
+    if status in DONE:
+        return "leave"
+    if earlier.epochs and not earlier.checkpoint:
+        raise ConfigError(
+            f"{held} but no checkpoint.pt to resume from; restore it from a copy, or start "
+            "a new run directory"
+        )
+    return "carry_on"

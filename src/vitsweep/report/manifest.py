@@ -1,0 +1,50 @@
+"""manifest.json: what a reproduction needs of a sweep's table. Per row its overrides (less
+the seed), seeds, runs and per-seed best top-1; for the sweep the harness commit and its state,
+the versions, the device and the data fingerprints."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vitsweep.config import override_key
+from vitsweep.report.aggregate import label_runs
+from vitsweep.report.render import missing
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def manifest(runs: pd.DataFrame, table: pd.DataFrame, sweep: dict[str, Any]) -> dict[str, Any]:
+    """What a reproduction needs: per row its overrides (less the seed), seeds, runs and
+    per-seed best top-1; for the sweep the harness commit and its state, versions, device
+    and data fingerprints."""
+    labels = label_runs(runs, list(table.attrs.get("keys", [])))
+
+    def distinct(frame: pd.DataFrame, column: str) -> list[str]:
+        return sorted({str(v) for v in frame[column].dropna()})
+
+    rows = []
+    for _, row in table.iterrows():
+        group = runs[labels == row["label"]]
+        seeds = sorted({int(s) for s in group["seed"].dropna()})
+        first = next(iter(group["overrides"]), [])
+        rows.append({
+            "label": row["label"],
+            "overrides": [o for o in first if override_key(o) != "seed"],
+            "seeds": seeds, "runs": list(group["run"]),
+            "best_top1": {str(k): v for k, v in row["per_seed"].items()},
+            "mean": _number(row["best_top1"]), "low": _number(row["best_top1_low"]),
+            "high": _number(row["best_top1_high"]), "n": int(row["n"]),
+            "data_fingerprint": distinct(group, "data_fingerprint"),
+        })  # fmt: skip
+    harness = sweep.get("harness") or {"commit": None, "dirty": None, "diff_sha256": None}
+    return {
+        "sweep": sweep.get("name"), "command": sweep.get("command"), "harness": harness,
+        "versions": {v: distinct(runs, v) for v in ("python", "torch", "cuda")},
+        "device": distinct(runs, "device"), "data": distinct(runs, "data_fingerprint"),
+        "confidence": table.attrs.get("confidence"), "rows": rows,
+    }  # fmt: skip
+
+
+def _number(value: Any) -> float | None:
+    return None if missing(value) else float(value)
