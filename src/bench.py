@@ -116,8 +116,15 @@ class Contender:
         state."""
         images, labels = next(iter(self.train_loader))
         images, labels = to_device(images, labels, self.device)
-        step = partial(training_step, self.model, images, labels, self.training, self.settings,
-                       PassMeter("train", self.device))  # fmt: skip
+        step = partial(
+            training_step,
+            self.model,
+            images,
+            labels,
+            self.training,
+            self.settings,
+            PassMeter("train", self.device),
+        )
         return training_step_peak_mb(step, self.model, self.optimizer, self.train_loader)
 
     def run_round(self) -> None:
@@ -145,28 +152,39 @@ def make_contenders(preset, images, mean, std, args, device) -> tuple[list[Conte
     """Our path, the nanovit-style reference (second: the rows are measured against it) and,
     where timm is installed, timm's model on our path; with our model, uncompiled, to
     describe."""
-    steps_images = ImageSet(images.images[: args.steps * args.batch],
-                            images.labels[: args.steps * args.batch])  # fmt: skip
+    steps_images = ImageSet(
+        images.images[: args.steps * args.batch], images.labels[: args.steps * args.batch]
+    )
     eval_images = ImageSet(images.images[: args.eval_images], images.labels[: args.eval_images])
     on_cuda = device.type == "cuda"
     fast = TrainerSettings(
-        batch_size=args.batch, precision=resolve_precision(args.precision, device), progress=False,
+        batch_size=args.batch,
+        precision=resolve_precision(args.precision, device),
+        progress=False,
         micro_batch_size=None if on_cuda else args.cpu_micro_batch,
-    )  # fmt: skip
+    )
     reference = TrainerSettings(batch_size=args.batch, precision="fp32", progress=False)
     fast_model = build_preset(preset, nanovit_style=False)
     if on_cuda:
         fast_model = fast_model.to(memory_format=torch.channels_last)
     our_loaders = partial(device_loaders, steps_images, eval_images, mean, std, args.batch, device)
     contenders = [
-        Contender("vitsweep", torch.compile(fast_model) if args.compile else fast_model,
-                  *our_loaders(), fast, device),
         Contender(
-            "nanovit-style reference", build_preset(preset, nanovit_style=True),
-            torchvision_loader(steps_images, args.batch, Normalise(mean, std), AUGMENT),
-            torchvision_loader(eval_images, 512, Normalise(mean, std)), reference, device,
+            "vitsweep",
+            torch.compile(fast_model) if args.compile else fast_model,
+            *our_loaders(),
+            fast,
+            device,
         ),
-    ]  # fmt: skip
+        Contender(
+            "nanovit-style reference",
+            build_preset(preset, nanovit_style=True),
+            torchvision_loader(steps_images, args.batch, Normalise(mean, std), AUGMENT),
+            torchvision_loader(eval_images, 512, Normalise(mean, std)),
+            reference,
+            device,
+        ),
+    ]
     timm_model = timm_reference(preset)
     if timm_model is not None:  # same data path and settings as ours: only the model differs
         contenders.append(
@@ -178,8 +196,10 @@ def make_contenders(preset, images, mean, std, args, device) -> tuple[list[Conte
 def device_loaders(train, test, mean, std, batch, device) -> tuple[DeviceLoader, DeviceLoader]:
     """Our data path: device-resident images, the training ones augmented in batches."""
     normalise = Normalise(mean, std)
-    return (DeviceLoader(train, batch, normalise, device, AUGMENT),
-            DeviceLoader(test, 512, normalise, device))  # fmt: skip
+    return (
+        DeviceLoader(train, batch, normalise, device, AUGMENT),
+        DeviceLoader(test, 512, normalise, device),
+    )
 
 
 def time_rounds(preset: str, contenders: list[Contender], rounds: int) -> None:
@@ -199,24 +219,26 @@ def result_rows(preset, contenders, size, args) -> list[dict]:
     reference_rate = statistics.median(contenders[1].train_rates)
     for contender in contenders:
         train_rate = statistics.median(contender.train_rates)
-        rows.append({
-            "preset": preset,
-            "path": contender.name,
-            "batch": args.batch,
-            "micro_batch": contender.settings.micro_batch_size or args.batch,
-            "precision": contender.settings.precision,
-            "train_img_per_s": train_rate,
-            "eval_img_per_s": statistics.median(contender.eval_rates),
-            "vs_reference": train_rate / reference_rate,
-            "peak_mb": contender.peak_mb,
-            "params": size["params"],
-            "gflops_per_image": size["flops_per_image"] / 1e9,
-            # a training step is ~3 forward passes (forward, and backward's two matmuls each)
-            "achieved_gflop_per_s": 3 * size["flops_per_image"] * train_rate / 1e9,
-            "eval_vs_reference": statistics.median(contender.eval_rates)
-            / statistics.median(contenders[1].eval_rates),
-            "epoch_50k_s": 50_000 / train_rate,
-        })  # fmt: skip
+        rows.append(
+            {
+                "preset": preset,
+                "path": contender.name,
+                "batch": args.batch,
+                "micro_batch": contender.settings.micro_batch_size or args.batch,
+                "precision": contender.settings.precision,
+                "train_img_per_s": train_rate,
+                "eval_img_per_s": statistics.median(contender.eval_rates),
+                "vs_reference": train_rate / reference_rate,
+                "peak_mb": contender.peak_mb,
+                "params": size["params"],
+                "gflops_per_image": size["flops_per_image"] / 1e9,
+                # a training step is ~3 forward passes (forward, and backward's two matmuls each)
+                "achieved_gflop_per_s": 3 * size["flops_per_image"] * train_rate / 1e9,
+                "eval_vs_reference": statistics.median(contender.eval_rates)
+                / statistics.median(contenders[1].eval_rates),
+                "epoch_50k_s": 50_000 / train_rate,
+            }
+        )
     return rows
 
 
@@ -296,8 +318,10 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    peaks = {"fp32": matmul_peak(device, torch.float32, args.peak_n),
-             "bf16": matmul_peak(device, torch.bfloat16, args.peak_n)}  # fmt: skip
+    peaks = {
+        "fp32": matmul_peak(device, torch.float32, args.peak_n),
+        "bf16": matmul_peak(device, torch.bfloat16, args.peak_n),
+    }
     images, mean, std = load_images(args.data, max(args.steps * args.batch, args.eval_images))
     rows = []
     for preset in tqdm(args.presets, desc="bench"):

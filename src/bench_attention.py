@@ -46,8 +46,16 @@ def build_attention(variant: str, dim: int, heads: int, tokens: int, conf_dir: P
     return factory(dim=dim, heads=heads, num_tokens=tokens, nanovit_quirks=False)
 
 
-def measure(variant: str, tokens: int, batch: int, dim: int, heads: int, repeats: int, device: str,
-            conf_dir: Path = CONF_DIR) -> dict[str, float]:  # fmt: skip
+def measure(
+    variant: str,
+    tokens: int,
+    batch: int,
+    dim: int,
+    heads: int,
+    repeats: int,
+    device: str,
+    conf_dir: Path = CONF_DIR,
+) -> dict[str, float]:
     """One variant at one N, in this (fresh) process: peak MB and seconds per fwd+bwd."""
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -99,16 +107,38 @@ def main() -> None:
     names = list(variants(args.conf_dir))
     jobs = [(v, n) for n in args.tokens for v in names]
     for variant, tokens in tqdm(jobs, desc="attention bench"):
-        cmd = [sys.executable, __file__, "--child", variant, str(tokens), "--device", device,
-               "--batch", str(args.batch), "--dim", str(args.dim), "--heads", str(args.heads),
-               "--repeats", str(args.repeats), "--conf-dir", str(args.conf_dir)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            str(tokens),
+            "--device",
+            device,
+            "--batch",
+            str(args.batch),
+            "--dim",
+            str(args.dim),
+            "--heads",
+            str(args.heads),
+            "--repeats",
+            str(args.repeats),
+            "--conf-dir",
+            str(args.conf_dir),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             tqdm.write(f"{variant} at {tokens} failed: {done.stderr.strip().splitlines()[-1]}")
             rows.append({"attention": variant, "tokens": tokens, "status": "failed"})
             continue
-        rows.append({"attention": variant, "tokens": tokens, "status": "ok",
-                     **json.loads(done.stdout.strip().splitlines()[-1])})  # fmt: skip
+        rows.append(
+            {
+                "attention": variant,
+                "tokens": tokens,
+                "status": "ok",
+                **json.loads(done.stdout.strip().splitlines()[-1]),
+            }
+        )
     frame = pd.DataFrame(rows)
     reference = frame[frame["attention"] == "softmax"].set_index("tokens")["seconds"]
     frame["time_vs_sdpa"] = frame["seconds"] / frame["tokens"].map(reference)
@@ -133,10 +163,13 @@ def write_results(frame, label: str, names: list[str], args: argparse.Namespace)
         f"{args.repeats}; peak MB = the most tensor memory allocated during one forward+backward "
         "above what was allocated before it (CUDA allocator / CPU profiler allocation events).",
         "",
-        "| attention | " + " | ".join(f"ms @ {n}" for n in args.tokens)
-        + " | " + " | ".join(f"MB @ {n}" for n in args.tokens) + " |",
+        "| attention | "
+        + " | ".join(f"ms @ {n}" for n in args.tokens)
+        + " | "
+        + " | ".join(f"MB @ {n}" for n in args.tokens)
+        + " |",
         "|---|" + "---:|" * (2 * len(args.tokens)),
-    ]  # fmt: skip
+    ]
     for name, row in table.iterrows():
         ms = [f"{row[('seconds', n)] * 1e3:.1f}" for n in args.tokens]
         mb = [f"{row[('peak_mb', n)]:.0f}" for n in args.tokens]

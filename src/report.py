@@ -37,8 +37,10 @@ def read_runs(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     if runs.empty and (
         inside := sorted(p.parent.name for p in args.sweep_dir.glob("*/sweep.yaml"))
     ):
-        raise ConfigError(f"{args.sweep_dir} holds sweeps, not jobs: give one sweep's directory "
-                          f"({', '.join(inside[:5])})")  # fmt: skip
+        raise ConfigError(
+            f"{args.sweep_dir} holds sweeps, not jobs: give one sweep's directory "
+            f"({', '.join(inside[:5])})"
+        )
     name = check_sweep_name(args.name) if args.name else sweep_name(args.sweep_dir, runs)
     return runs, curves, name, str(args.sweep_dir)
 
@@ -77,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--baseline", help="the row to compare with: its number or choices")
     parser.add_argument("--confidence", type=float, default=0.95, help="of the intervals")
-    parser.add_argument("--reproduce", type=Path, metavar="RESULTS_DIR",
-                        help="train the rows of results/<sweep> again and judge them")  # fmt: skip
+    parser.add_argument(
+        "--reproduce",
+        type=Path,
+        metavar="RESULTS_DIR",
+        help="train the rows of results/<sweep> again and judge them",
+    )
     parser.add_argument("--rows", type=numbers, help="with --reproduce: row numbers, e.g. 1,3")
     parser.add_argument("--seeds", type=numbers, help="with --reproduce: seeds, e.g. 0,1")
     parser.add_argument("--resume", action="store_true", help="finish a stopped reproduction")

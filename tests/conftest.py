@@ -14,6 +14,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per test worker: no over
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
 
+
 @pytest.fixture
 def make_config():
     return compose_config

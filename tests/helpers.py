@@ -60,8 +60,15 @@ def invoke(args: list[str], cwd: Path) -> Result:
 def spawn(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
     """`python src/run.py ARGS` in a process of its own (for signals, locks and exit codes)."""
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen([sys.executable, str(RUN), *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(RUN), *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 # The generic properties of an attention, as functions, so a test of a new variant runs them.
@@ -117,10 +124,13 @@ def size_only_sweep(cli, tmp_path, conf_dir=CONF, embeddings=None) -> list[str]:
     """Every attention of ``conf_dir`` with every embedding (or those given), sized
     (trainer.epochs=0): the lines of the sweep's headline table, one row per pair."""
     embeddings = embeddings or options("embedding", conf_dir)
-    grid = [f"attention={','.join(options('attention', conf_dir))}",
-            f"embedding={','.join(embeddings)}"]  # fmt: skip
-    result = cli("-m", f"--config-dir={conf_dir}", *grid, "trainer.epochs=0", *TINY,
-                 "sweep_name=zoo")  # fmt: skip
+    grid = [
+        f"attention={','.join(options('attention', conf_dir))}",
+        f"embedding={','.join(embeddings)}",
+    ]
+    result = cli(
+        "-m", f"--config-dir={conf_dir}", *grid, "trainer.epochs=0", *TINY, "sweep_name=zoo"
+    )
     assert result.returncode == 0, result.stderr
     summaries = sorted(tmp_path.glob("multirun/zoo/*/summary.json"))
     assert len(summaries) == len(options("attention", conf_dir)) * len(embeddings)

@@ -19,9 +19,29 @@ def test_the_nanovit_style_reference_uses_torch_dropout_and_the_explicit_matrix(
 
 
 def test_bench_writes_a_table_of_every_path_against_the_reference(tmp_path, monkeypatch):
-    argv = ["bench.py", "--presets", "vit", "--data", "synthetic", "--batch", "8",
-            "--cpu-micro-batch", "4", "--steps", "1", "--rounds", "1", "--eval-images", "8",
-            "--peak-n", "128", "--device", "cpu", "--out", str(tmp_path)]  # fmt: skip
+    argv = [
+        "bench.py",
+        "--presets",
+        "vit",
+        "--data",
+        "synthetic",
+        "--batch",
+        "8",
+        "--cpu-micro-batch",
+        "4",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--eval-images",
+        "8",
+        "--peak-n",
+        "128",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     bench.main()
     table = pd.read_csv(next(tmp_path.glob("*.csv")))

@@ -111,8 +111,10 @@ def test_vit_takes_each_embeddings_own_patch_size(make_config, embedding):
 
 
 def test_field_overrides_reach_the_parts(make_config):
-    cfg, parts = _built(make_config, ["attention=linear", "embedding=cnn", "model.dim=64",
-                                      "optim.lr=3e-4", "trainer.epochs=5"])  # fmt: skip
+    cfg, parts = _built(
+        make_config,
+        ["attention=linear", "embedding=cnn", "model.dim=64", "optim.lr=3e-4", "trainer.epochs=5"],
+    )
     assert parts.model.cls_token.shape[-1] == 64
     assert parts.optimizer.param_groups[0]["lr"] == 3e-4 and parts.settings.epochs == 5
 

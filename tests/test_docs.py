@@ -102,8 +102,11 @@ def test_the_readmes_first_screen_starts_a_newcomer():
 
 def _cells(table: str) -> list[list[str]]:
     rows = [line for line in table.splitlines() if line.startswith("|")]
-    return [[c.strip() for c in row.strip().strip("|").split("|")] for i, row in enumerate(rows)
-            if i != 1]  # fmt: skip
+    return [
+        [c.strip() for c in row.strip().strip("|").split("|")]
+        for i, row in enumerate(rows)
+        if i != 1
+    ]
 
 
 def test_the_showcase_tables_are_the_generated_numbers():
@@ -124,7 +127,7 @@ def test_the_showcase_tables_are_the_generated_numbers():
         ("data", "data.md"),
         ("experiment", "sweeps.md"),
         ("search", "sweeps.md"),
-    ],  # fmt: skip
+    ],
 )
 def test_every_option_has_a_row_in_its_docs_page(group, page):
     text = (ROOT / "docs" / page).read_text()

@@ -83,16 +83,31 @@ def test_a_new_metric_is_one_column_entry(monkeypatch, tmp_path):
     from vitsweep.report import comparison_table, row_from_run, to_markdown, write_report
     from vitsweep.report.columns import Column, from_summary
 
-    loss = Column("final_loss", "final train loss", from_summary("final_train_loss"), "mean",
-                  "{:.3f}", headline=True)  # fmt: skip
+    loss = Column(
+        "final_loss",
+        "final train loss",
+        from_summary("final_train_loss"),
+        "mean",
+        "{:.3f}",
+        headline=True,
+    )
     monkeypatch.setattr(columns_module, "COLUMNS", [*columns_module.COLUMNS, loss])
-    runs = pd.DataFrame([
-        row_from_run({"seed": seed, "choices": {"attention": attention}},
-                     {"status": "completed", "best_test_acc": 0.5, "final_train_loss": value},
-                     [f"attention={attention}", f"seed={seed}"], f"{attention}-{seed}")
-        for attention, seed, value in [("softmax", 0, 1.0), ("softmax", 1, 2.0),
-                                       ("linear", 0, 0.5), ("linear", 1, 0.5)]
-    ])  # fmt: skip
+    runs = pd.DataFrame(
+        [
+            row_from_run(
+                {"seed": seed, "choices": {"attention": attention}},
+                {"status": "completed", "best_test_acc": 0.5, "final_train_loss": value},
+                [f"attention={attention}", f"seed={seed}"],
+                f"{attention}-{seed}",
+            )
+            for attention, seed, value in [
+                ("softmax", 0, 1.0),
+                ("softmax", 1, 2.0),
+                ("linear", 0, 0.5),
+                ("linear", 1, 0.5),
+            ]
+        ]
+    )
     table = comparison_table(runs)
     assert list(table["final_loss"]) == [1.5, 0.5] and table["final_loss_std"][1] == 0
     headline = to_markdown(table, ["attention"], headline=True)

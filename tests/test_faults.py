@@ -37,9 +37,11 @@ def _table(tmp_path: Path, name: str) -> pd.DataFrame:
 
 def _headers(markdown: str) -> list[list[str]]:
     lines = markdown.splitlines()
-    return [[cell.strip() for cell in line.strip("|").split("|")]
-            for i, line in enumerate(lines)
-            if line.startswith("| ") and (i == 0 or not lines[i - 1].startswith("|"))]  # fmt: skip
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for i, line in enumerate(lines)
+        if line.startswith("| ") and (i == 0 or not lines[i - 1].startswith("|"))
+    ]
 
 
 # 1. Rows are configurations; seeds are what a row aggregates, even when nothing else varies.
@@ -60,8 +62,15 @@ def test_a_seed_only_sweep_is_one_row_with_its_interval(cli, tmp_path):
 
 
 def test_a_sweep_with_eval_interval_writes_its_table_and_plots(cli, tmp_path):
-    result = cli("-m", "attention=softmax,linear", *TINY, "model.dim=32", "trainer.epochs=3",
-                 "trainer.eval_interval=2", "sweep_name=gaps")  # fmt: skip
+    result = cli(
+        "-m",
+        "attention=softmax,linear",
+        *TINY,
+        "model.dim=32",
+        "trainer.epochs=3",
+        "trainer.eval_interval=2",
+        "sweep_name=gaps",
+    )
     assert result.returncode == 0, result.stderr
     out = tmp_path / "results" / "gaps"
     assert {p.name for p in out.iterdir()} >= {"comparison.md", "accuracy.png", "pareto.png"}
@@ -75,11 +84,14 @@ def test_a_truncated_history_is_a_note_and_the_table_is_built(tmp_path, monkeypa
     for i, (attention, acc) in enumerate([("softmax", 0.7), ("linear", 0.6)]):
         job = sweep / str(i)
         job.mkdir(parents=True)
-        config = {"seed": 0, "choices": {"attention": attention}, "sweep_name": "s",
-                  "overrides": [f"attention={attention}"]}  # fmt: skip
+        config = {
+            "seed": 0,
+            "choices": {"attention": attention},
+            "sweep_name": "s",
+            "overrides": [f"attention={attention}"],
+        }
         (job / "config.yaml").write_text(yaml.safe_dump(config))
-        (job / "summary.json").write_text(json.dumps({"status": "completed",
-                                                      "best_test_acc": acc}))  # fmt: skip
+        (job / "summary.json").write_text(json.dumps({"status": "completed", "best_test_acc": acc}))
         pd.DataFrame({"epoch": [1, 2, 3], "test_acc": [acc] * 3, "train_s": [1.0] * 3}).to_csv(
             job / "history.csv", index=False
         )
@@ -99,8 +111,12 @@ def test_a_truncated_history_is_a_note_and_the_table_is_built(tmp_path, monkeypa
 def _record(attention, seed, acc, precision="fp32", status="completed", run=None):
     config = {"seed": seed, "choices": {"attention": attention}}
     summary = {"status": status, "best_test_acc": acc, "precision": precision}
-    return row_from_run(config, summary, [f"attention={attention}", f"seed={seed}"],
-                        run_id=run or f"{attention}-{seed}")  # fmt: skip
+    return row_from_run(
+        config,
+        summary,
+        [f"attention={attention}", f"seed={seed}"],
+        run_id=run or f"{attention}-{seed}",
+    )
 
 
 def test_a_table_whose_rows_differ_in_precision_shows_it_and_says_so():
@@ -159,13 +175,21 @@ def test_a_completed_run_without_numbers_is_a_note_not_a_silent_gap():
     runs = pd.DataFrame([_record("softmax", 0, 0.7), _record("softmax", 1, None)])
     table = comparison_table(runs)
     assert table["n"][0] == 1
-    assert any("softmax-1 says completed but holds no test accuracy" in note
-               for note in table.attrs["notes"])  # fmt: skip
+    assert any(
+        "softmax-1 says completed but holds no test accuracy" in note
+        for note in table.attrs["notes"]
+    )
 
 
 def test_a_row_with_a_repeated_seed_says_so_and_is_compared_unpaired():
-    runs = pd.DataFrame([_record("softmax", 0, 0.7), _record("softmax", 0, 0.8, run="again"),
-                         _record("linear", 0, 0.6), _record("linear", 1, 0.65)])  # fmt: skip
+    runs = pd.DataFrame(
+        [
+            _record("softmax", 0, 0.7),
+            _record("softmax", 0, 0.8, run="again"),
+            _record("linear", 0, 0.6),
+            _record("linear", 1, 0.65),
+        ]
+    )
     table = comparison_table(runs)
     assert list(table["n"]) == [2, 2] and table["test"][1] == "Welch"
     assert any("repeated seed" in note for note in table.attrs["notes"])
@@ -190,8 +214,13 @@ def test_a_record_still_running_with_no_live_process_is_stopped_in_the_table(tmp
 
 
 def test_the_headings_follow_report_confidence():
-    runs = pd.DataFrame([_record(a, s, 0.6 + 0.01 * s + (a == "softmax") * 0.1)
-                         for a in ("softmax", "linear") for s in range(3)])  # fmt: skip
+    runs = pd.DataFrame(
+        [
+            _record(a, s, 0.6 + 0.01 * s + (a == "softmax") * 0.1)
+            for a in ("softmax", "linear")
+            for s in range(3)
+        ]
+    )
     header = _headers(to_markdown(comparison_table(runs, confidence=0.9), ["attention"]))[0]
     assert "90% CI" in header and "Δ best top-1 vs baseline [90% CI]" in header
     assert not any("95%" in h for h in header)
@@ -204,16 +233,23 @@ def test_the_headings_follow_report_confidence():
 
 @pytest.mark.parametrize("baseline", ["performer", "3", "'softmax linear'"])
 def test_a_baseline_naming_no_row_of_the_grid_is_refused_before_any_job(cli, tmp_path, baseline):
-    result = cli("-m", "attention=softmax,linear", *SMALL, "sweep_name=b",
-                 f"report.baseline={baseline}")  # fmt: skip
+    result = cli(
+        "-m", "attention=softmax,linear", *SMALL, "sweep_name=b", f"report.baseline={baseline}"
+    )
     assert result.returncode == 2
     _one_error_line(result, "report.baseline=")
     assert not list((tmp_path / "multirun").rglob("history.csv"))
 
 
 def test_a_baseline_of_the_grid_is_accepted(cli, tmp_path):
-    result = cli("-m", "attention=softmax,linear", *SMALL, "sweep_name=b", "trainer.epochs=0",
-                 "report.baseline=linear")  # fmt: skip
+    result = cli(
+        "-m",
+        "attention=softmax,linear",
+        *SMALL,
+        "sweep_name=b",
+        "trainer.epochs=0",
+        "report.baseline=linear",
+    )
     assert result.returncode == 0, result.stderr
     assert list(_table(tmp_path, "b")["baseline"]) == [False, True]
 
@@ -297,8 +333,13 @@ def test_a_full_disk_in_one_job_is_a_failed_row_and_the_sweep_goes_on(
 
 @pytest.mark.parametrize("name", ["../escaped", "/tmp/escaped", "a/b", ".."])
 def test_a_sweep_name_that_is_a_path_is_refused(cli, tmp_path, name):
-    result = cli("-m", "attention=softmax,linear", *SMALL, f"sweep_name='{name}'",
-                 "hydra.sweep.dir=multirun/x")  # fmt: skip
+    result = cli(
+        "-m",
+        "attention=softmax,linear",
+        *SMALL,
+        f"sweep_name='{name}'",
+        "hydra.sweep.dir=multirun/x",
+    )
     assert result.returncode == 2
     _one_error_line(result, "sweep_name=", "a single folder name")
 
@@ -328,8 +369,13 @@ def test_report_refuses_a_record_whose_name_leaves_results(tmp_path, monkeypatch
 def test_a_sweep_resumed_with_other_report_and_progress_settings_is_the_same_sweep(cli, tmp_path):
     grid = ["-m", "attention=softmax,linear", *SMALL, "sweep_name=r"]
     assert cli(*grid).returncode == 0
-    again = cli(*grid, "trainer.resume=true", "report.confidence=0.9", "trainer.progress=true",
-                "report.baseline=2")  # fmt: skip
+    again = cli(
+        *grid,
+        "trainer.resume=true",
+        "report.confidence=0.9",
+        "trainer.progress=true",
+        "report.baseline=2",
+    )
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skipped") == 2
     assert "90% CI" in (tmp_path / "results" / "r" / "comparison.md").read_text()
@@ -337,8 +383,14 @@ def test_a_sweep_resumed_with_other_report_and_progress_settings_is_the_same_swe
 
 def test_a_sweep_resumed_with_another_grid_names_what_differs(cli, tmp_path):
     assert cli("-m", "attention=softmax,linear", *SMALL, "sweep_name=r").returncode == 0
-    other = cli("-m", "attention=softmax,linear", *SMALL, "sweep_name=r", "model.dim=64",
-                "trainer.resume=true")  # fmt: skip
+    other = cli(
+        "-m",
+        "attention=softmax,linear",
+        *SMALL,
+        "sweep_name=r",
+        "model.dim=64",
+        "trainer.resume=true",
+    )
     assert other.returncode == 2
     _one_error_line(other, "holds another sweep", "this one is with model.dim=64")
 
@@ -385,9 +437,17 @@ def _alive(pid: int) -> bool:
 
 def test_killing_a_joblib_sweeps_main_process_stops_its_workers(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    sweep = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "attention=softmax,linear",
-             *TINY, "data.subset=256", "model.dim=32", "trainer.epochs=200",
-             "sweep_name=j"]  # fmt: skip
+    sweep = [
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "attention=softmax,linear",
+        *TINY,
+        "data.subset=256",
+        "model.dim=32",
+        "trainer.epochs=200",
+        "sweep_name=j",
+    ]
     main = spawn(sweep, tmp_path, start_new_session=True)
     jobs = [tmp_path / "multirun" / "j" / str(i) for i in (0, 1)]
     deadline = time.monotonic() + 120
@@ -418,8 +478,10 @@ def test_a_sweep_named_wandb_still_gets_its_table(cli, tmp_path):
 def test_report_on_a_folder_of_sweeps_is_one_line(cli, tmp_path, monkeypatch, capsys):
     from report import main as report_main
 
-    assert cli("-m", "attention=softmax,linear", *SMALL, "trainer.epochs=0",
-               "sweep_name=a").returncode == 0  # fmt: skip
+    assert (
+        cli("-m", "attention=softmax,linear", *SMALL, "trainer.epochs=0", "sweep_name=a").returncode
+        == 0
+    )
     monkeypatch.chdir(tmp_path)
     assert report_main(["multirun"]) == 2
     err = capsys.readouterr().err
@@ -489,8 +551,14 @@ def test_a_difference_with_no_spread_has_no_p_value():
     found = compare({0: 50.0, 1: 60.0}, {0: 51.5, 1: 61.5})
     assert found.diff == pytest.approx(1.5) and found.low == found.high == found.diff
     assert found.p != found.p  # nan: no test is possible, and nothing is marked significant
-    runs = pd.DataFrame([_record("softmax", 0, 0.50), _record("softmax", 1, 0.60),
-                         _record("linear", 0, 0.515), _record("linear", 1, 0.615)])  # fmt: skip
+    runs = pd.DataFrame(
+        [
+            _record("softmax", 0, 0.50),
+            _record("softmax", 1, 0.60),
+            _record("linear", 0, 0.515),
+            _record("linear", 1, 0.615),
+        ]
+    )
     markdown = to_markdown(comparison_table(runs), ["attention"])
     assert "(paired: no spread)" in markdown and "*" not in markdown
 

@@ -85,14 +85,21 @@ class NanoViT(nn.Module):
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.zeros(1, (image // patch) ** 2 + 1, dim))
         self.layers = nn.ModuleList(
-            nn.ModuleDict({
-                "norm1": nn.LayerNorm(dim), "norm2": nn.LayerNorm(dim),
-                "q": nn.Linear(dim, dim), "k": nn.Linear(dim, dim), "v": nn.Linear(dim, dim),
-                "o": nn.Linear(dim, dim),
-                "ffn": nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, dim)),
-            })
+            nn.ModuleDict(
+                {
+                    "norm1": nn.LayerNorm(dim),
+                    "norm2": nn.LayerNorm(dim),
+                    "q": nn.Linear(dim, dim),
+                    "k": nn.Linear(dim, dim),
+                    "v": nn.Linear(dim, dim),
+                    "o": nn.Linear(dim, dim),
+                    "ffn": nn.Sequential(
+                        nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, dim)
+                    ),
+                }
+            )
             for _ in range(depth)
-        )  # fmt: skip
+        )
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, classes))
 
     def attention(self, layer, x):
@@ -133,8 +140,18 @@ def _load_into_nanovit(ours: VisionTransformer, nanovit: NanoViT) -> None:
 
 
 def test_nanovit_quirks_built_in_python_are_nanovits_model():
-    build = partial(VisionTransformer, partial(PatchEmbedding, patch_size=4), SoftmaxAttention,
-                    16, 3, 10, dim=32, heads=4, depth=2, mlp_dim=128)  # fmt: skip
+    build = partial(
+        VisionTransformer,
+        partial(PatchEmbedding, patch_size=4),
+        SoftmaxAttention,
+        16,
+        3,
+        10,
+        dim=32,
+        heads=4,
+        depth=2,
+        mlp_dim=128,
+    )
     torch.manual_seed(0)
     quirky, plain = build(nanovit_quirks=True), build()
     assert quirky.pos.std() > 0.5 > plain.pos.std()  # nanovit initialised with std 1
@@ -190,9 +207,14 @@ def test_bad_pool_pos_and_grid_are_config_errors():
 def test_linformer_is_told_the_token_count_with_or_without_cls():
     for pool, seq_len in (("cls", 17), ("mean", 16)):
         model = VisionTransformer(
-            partial(PatchEmbedding, patch_size=8), partial(LinformerAttention, k=4), 32, 3, 10,
-            dim=32, pool=pool,
-        )  # fmt: skip
+            partial(PatchEmbedding, patch_size=8),
+            partial(LinformerAttention, k=4),
+            32,
+            3,
+            10,
+            dim=32,
+            pool=pool,
+        )
         assert model.blocks[0].attn.num_tokens == seq_len
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 

@@ -110,8 +110,14 @@ def test_a_folder_that_cannot_be_learned_from_is_one_clear_error(tmp_path, layou
 def test_your_own_images_train_through_the_cli_and_are_recorded(cli, tmp_path):
     root = make_folder(tmp_path / "pics", COLOURS, per_class=10)
     (root / "blue" / "broken.png").write_bytes(b"\x89PNG but no more")
-    result = cli(*RUN, "data=folder", f"data.root={root}", "data.image_size=16",
-                 "model.embedding.patch_size=4", "hydra.run.dir=run")  # fmt: skip
+    result = cli(
+        *RUN,
+        "data=folder",
+        f"data.root={root}",
+        "data.image_size=16",
+        "model.embedding.patch_size=4",
+        "hydra.run.dir=run",
+    )
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "run" / "run.log").read_text()
     assert log.count("1 unreadable file(s) skipped") == 1  # read once: sized, then trained
@@ -255,16 +261,23 @@ def test_cifar100_and_svhn_become_uint8_image_sets(monkeypatch):
 
 @pytest.mark.parametrize(("data", "name"), [("cifar100", "CIFAR-100"), ("svhn", "SVHN")])
 def test_torchvision_sets_missing_offline_are_one_line(cli, tmp_path, data, name):
-    result = cli(*RUN, f"data={data}", "data.root=absent", "data.source.download=false",
-                 "hydra.run.dir=run")  # fmt: skip
+    result = cli(
+        *RUN, f"data={data}", "data.root=absent", "data.source.download=false", "hydra.run.dir=run"
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert f"error: {name} not found in 'absent'" in result.stderr
 
 
 def test_each_data_set_flips_only_where_a_mirror_image_is_the_same_class(make_config):
     flips = {name: make_config([f"data={name}"]).data.flip for name in options("data")}
-    assert flips == {"cifar10": True, "cifar100": True, "digits": False, "fashion_mnist": True,
-                     "folder": True, "svhn": False}  # fmt: skip
+    assert flips == {
+        "cifar10": True,
+        "cifar100": True,
+        "digits": False,
+        "fashion_mnist": True,
+        "folder": True,
+        "svhn": False,
+    }
 
 
 def test_crop_and_flip_are_separate_knobs():
@@ -272,8 +285,10 @@ def test_crop_and_flip_are_separate_knobs():
     data = ImageSet(picture.contiguous(), torch.zeros(64, dtype=torch.long))
     raw = {"normalise": Normalise([0.0], [1 / 255]), "device": torch.device("cpu")}
     only_flips = next(iter(DeviceLoader(data, 64, **raw, augment=Augment(flip=True))))[0]
-    assert all(torch.equal(x, picture[0].float()) or torch.equal(x, picture[0].flip(-1).float())
-               for x in only_flips)  # fmt: skip
+    assert all(
+        torch.equal(x, picture[0].float()) or torch.equal(x, picture[0].flip(-1).float())
+        for x in only_flips
+    )
     only_crops = next(iter(DeviceLoader(data, 64, **raw, augment=Augment(crop_padding=1))))[0]
     assert not any(torch.equal(x, picture[0].flip(-1).float()) for x in only_crops)
     assert sum(not torch.equal(x, picture[0].float()) for x in only_crops) > 32  # most moved

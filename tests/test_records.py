@@ -81,8 +81,9 @@ def test_resume_refuses_a_run_with_another_config_and_says_what_differs(
 
 def test_resuming_a_completed_run_skips_it_and_rewrites_nothing(cli, tmp_path, finished_run):
     before = snapshot(tmp_path / "run")
-    result = cli(*reversed(QUICK), "trainer.resume=true", "trainer.progress=false",
-                 "hydra.run.dir=run")  # fmt: skip
+    result = cli(
+        *reversed(QUICK), "trainer.resume=true", "trainer.progress=false", "hydra.run.dir=run"
+    )
     assert result.returncode == 0 and "already completed; skipped" in result.stdout
     assert snapshot(tmp_path / "run") == before
 

@@ -19,22 +19,48 @@ from vitsweep.report import (
 
 QUICK = [o for o in TINY if o != "logger=none"] + ["trainer.epochs=1", "data.subset=32"]
 HOW_SURE = ["95% CI", "n", "Δ best top-1 vs baseline [95% CI]", "p", "status"]
-HEADLINE = ["attention", "embedding", "parameters", "GFLOPs/img", "best top-1 %",
-            "train s/epoch", *HOW_SURE]  # fmt: skip
-ALL_COLUMNS = [
-    "attention", "embedding", "image size", "dim", "patch size", "tokens", "heads", "blocks",
-    "parameters", "GFLOPs/img", "best top-1 %", "final top-1 %", "s/epoch", "train s/epoch",
-    "test s/epoch", "train img/s", "worst class (top-1 %)", "peak MB", "epochs", "device",
+HEADLINE = [
+    "attention",
+    "embedding",
+    "parameters",
+    "GFLOPs/img",
+    "best top-1 %",
+    "train s/epoch",
     *HOW_SURE,
-]  # fmt: skip
+]
+ALL_COLUMNS = [
+    "attention",
+    "embedding",
+    "image size",
+    "dim",
+    "patch size",
+    "tokens",
+    "heads",
+    "blocks",
+    "parameters",
+    "GFLOPs/img",
+    "best top-1 %",
+    "final top-1 %",
+    "s/epoch",
+    "train s/epoch",
+    "test s/epoch",
+    "train img/s",
+    "worst class (top-1 %)",
+    "peak MB",
+    "epochs",
+    "device",
+    *HOW_SURE,
+]
 
 
 def _headers(markdown: str) -> list[list[str]]:
     """The heading row of every table in a markdown text."""
     lines = markdown.splitlines()
-    return [[cell.strip() for cell in line.strip("|").split("|")]
-            for i, line in enumerate(lines)
-            if line.startswith("| ") and (i == 0 or not lines[i - 1].startswith("|"))]  # fmt: skip
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for i, line in enumerate(lines)
+        if line.startswith("| ") and (i == 0 or not lines[i - 1].startswith("|"))
+    ]
 
 
 def _header(markdown: str) -> list[str]:

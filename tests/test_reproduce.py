@@ -19,8 +19,16 @@ from vitsweep.report.reproduce import reproduce
 from vitsweep.settings import TrainerSettings
 from vitsweep.train import evaluate
 
-SWEEP = ["-m", "attention=softmax,linear", "seed=0,1", *TINY, "model.dim=32",
-         "trainer.epochs=1", "trainer.progress=false", "sweep_name=s"]  # fmt: skip
+SWEEP = [
+    "-m",
+    "attention=softmax,linear",
+    "seed=0,1",
+    *TINY,
+    "model.dim=32",
+    "trainer.epochs=1",
+    "trainer.progress=false",
+    "sweep_name=s",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +55,9 @@ def _manifest(where: Path, name: str = "s") -> dict:
 
 def test_the_manifest_says_what_made_each_row(swept):
     found = _manifest(swept)
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()  # fmt: skip
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert found["harness"]["commit"] == head and isinstance(found["harness"]["dirty"], bool)
     assert found["versions"]["torch"] == [torch.__version__] and found["versions"]["python"]
     assert len(found["device"]) == 1 and found["device"][0].startswith("CPU (")
@@ -92,8 +101,11 @@ def test_a_reproduction_that_differs_says_inside_or_outside(swept):
     found["versions"]["torch"] = ["1.0"]
     path.write_text(json.dumps(found))
     text = (reproduce(Path("results/s"), seeds=[0]) / "reproduction.md").read_text()
-    verdicts = [line.rstrip(" |").split("|")[-1].strip() for line in text.splitlines()
-                if line.startswith("| ") and "row" not in line]  # fmt: skip
+    verdicts = [
+        line.rstrip(" |").split("|")[-1].strip()
+        for line in text.splitlines()
+        if line.startswith("| ") and "row" not in line
+    ]
     assert verdicts == ["outside", "inside"]
     assert "torch (['1.0'] →" in text
 
@@ -170,17 +182,26 @@ def test_every_run_records_its_classes_per_class_top1_and_confusion(swept):
 
 def _run(attention, seed, per_class, status="completed"):
     accuracy = sum(per_class.values()) / len(per_class)
-    summary = {"status": status, "best_test_acc": accuracy, "per_class_top1": per_class,
-               "classes": list(per_class), "confusion": [[1, 0], [0, 1]]}  # fmt: skip
-    return row_from_run({"seed": seed}, summary, [f"attention={attention}", f"seed={seed}"],
-                        f"{attention}-{seed}")  # fmt: skip
+    summary = {
+        "status": status,
+        "best_test_acc": accuracy,
+        "per_class_top1": per_class,
+        "classes": list(per_class),
+        "confusion": [[1, 0], [0, 1]],
+    }
+    return row_from_run(
+        {"seed": seed}, summary, [f"attention={attention}", f"seed={seed}"], f"{attention}-{seed}"
+    )
 
 
 def test_the_worst_class_is_named_with_its_mean_over_seeds():
-    runs = pd.DataFrame([
-        _run("softmax", 0, {"cat": 0.4, "dog": 0.9}), _run("softmax", 1, {"cat": 0.6, "dog": 0.3}),
-        _run("linear", 0, {"cat": 0.8, "dog": 0.7}),
-    ])  # fmt: skip
+    runs = pd.DataFrame(
+        [
+            _run("softmax", 0, {"cat": 0.4, "dog": 0.9}),
+            _run("softmax", 1, {"cat": 0.6, "dog": 0.3}),
+            _run("linear", 0, {"cat": 0.8, "dog": 0.7}),
+        ]
+    )
     table = comparison_table(runs)
     assert list(table["worst_class"]) == ["cat 50.00", "dog 70.00"]  # softmax: cat 50 < dog 60
 
@@ -192,8 +213,9 @@ def test_the_per_class_table_and_the_plots(swept, monkeypatch):
     figures = {}
 
     def keep(fig, path):
-        figures[Path(path).name] = [(ax.get_title(), ax.get_xlabel(), ax.get_ylabel())
-                                    for ax in fig.axes]  # fmt: skip
+        figures[Path(path).name] = [
+            (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes
+        ]
         path.write_bytes(b"png")
 
     monkeypatch.setattr(plots, "save_figure", keep)
@@ -216,14 +238,27 @@ def test_a_data_efficiency_sweep_is_drawn(cli, tmp_path, monkeypatch):
     figures = {}
 
     def keep(fig, path):
-        figures[Path(path).name] = [(ax.get_xlabel(), ax.get_ylabel(),
-                                     [t.get_text() for t in ax.get_legend().get_texts()]
-                                     if ax.get_legend() else []) for ax in fig.axes]  # fmt: skip
+        figures[Path(path).name] = [
+            (
+                ax.get_xlabel(),
+                ax.get_ylabel(),
+                [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else [],
+            )
+            for ax in fig.axes
+        ]
         path.write_bytes(b"png")
 
     monkeypatch.setattr(plots, "save_figure", keep)
-    result = cli("-m", "attention=softmax,linear", "data.subset=32,64", *TINY, "model.dim=32",
-                 "trainer.epochs=1", "trainer.progress=false", "sweep_name=eff")  # fmt: skip
+    result = cli(
+        "-m",
+        "attention=softmax,linear",
+        "data.subset=32,64",
+        *TINY,
+        "model.dim=32",
+        "trainer.epochs=1",
+        "trainer.progress=false",
+        "sweep_name=eff",
+    )
     assert result.returncode == 0, result.stderr
     xlabel, ylabel, legend = figures["data_efficiency.png"][0]
     assert (xlabel, ylabel) == ("training images", "best test top-1 (%)")

@@ -44,8 +44,14 @@ def test_a_short_run_writes_its_record_and_an_offline_wandb_run(cli, tmp_path):
 
 
 def test_zero_epochs_sizes_the_model_without_loading_data(cli, tmp_path):
-    result = cli("model=vitx", "trainer.epochs=0", "data=cifar10", "data.root=absent",
-                 "logger=none", "hydra.run.dir=run")  # fmt: skip
+    result = cli(
+        "model=vitx",
+        "trainer.epochs=0",
+        "data=cifar10",
+        "data.root=absent",
+        "logger=none",
+        "hydra.run.dir=run",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "sized"
@@ -91,9 +97,16 @@ def test_wandb_takes_long_overrides_as_tags(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["vit", "vitl", "vitx"])
 def test_seed_presets_train_end_to_end_on_digits(cli, tmp_path, preset):
-    result = cli(f"model={preset}", "data=digits", "data.subset=256", "trainer.epochs=3",
-                 "trainer.batch_size=32", "trainer.micro_batch_size=16", "logger=none",
-                 "hydra.run.dir=run")  # fmt: skip
+    result = cli(
+        f"model={preset}",
+        "data=digits",
+        "data.subset=256",
+        "trainer.epochs=3",
+        "trainer.batch_size=32",
+        "trainer.micro_batch_size=16",
+        "logger=none",
+        "hydra.run.dir=run",
+    )
     assert result.returncode == 0, result.stderr
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert len(history) == 3 and history["train_loss"].notna().all()

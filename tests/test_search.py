@@ -16,8 +16,17 @@ import yaml
 
 from tests.helpers import RUN, TINY
 
-SEARCH = ["-m", "search=optuna", *TINY, "data.subset=120", "model.dim=16", "model.heads=4",
-          "trainer.epochs=3", "trainer.progress=false", "sweep_name=s"]  # fmt: skip
+SEARCH = [
+    "-m",
+    "search=optuna",
+    *TINY,
+    "data.subset=120",
+    "model.dim=16",
+    "model.heads=4",
+    "trainer.epochs=3",
+    "trainer.progress=false",
+    "sweep_name=s",
+]
 SHORT = [*SEARCH, "trainer.epochs=1", "search.pruner=none"]  # where pruning is not the point
 
 
@@ -116,13 +125,24 @@ def test_a_journal_file_serves_as_the_storage(cli, tmp_path):
 POSTGRES = os.environ.get("VITSWEEP_TEST_POSTGRES")  # set by .ci/run, which starts a server
 
 
-@pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL server: .ci/run starts one and sets "
-                    "VITSWEEP_TEST_POSTGRES=postgresql://USER@HOST/DB")  # fmt: skip
+@pytest.mark.skipif(
+    not POSTGRES,
+    reason="no PostgreSQL server: .ci/run starts one and sets "
+    "VITSWEEP_TEST_POSTGRES=postgresql://USER@HOST/DB",
+)
 def test_several_workers_share_one_postgresql_study_and_its_budget(tmp_path):
     name = f"s{os.getpid()}"
-    args = [sys.executable, str(RUN), *SHORT, f"sweep_name={name}", "search.trials=4",
-            "search.workers=2", f"search.storage={POSTGRES}",
-            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]  # fmt: skip
+    args = [
+        sys.executable,
+        str(RUN),
+        *SHORT,
+        f"sweep_name={name}",
+        "search.trials=4",
+        "search.workers=2",
+        f"search.storage={POSTGRES}",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    ]
     env = {**os.environ, "WANDB_SILENT": "true"}
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

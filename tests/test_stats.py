@@ -83,9 +83,11 @@ def _runs(rows):
 
 def test_the_table_compares_every_row_with_the_baseline():
     noise = [0.0, 0.001, -0.001]  # a little seed-to-seed spread in every difference
-    runs = _runs([("softmax", s, 0.70 + 0.01 * s) for s in range(3)]
-                 + [("linear", s, 0.60 + 0.01 * s + noise[s]) for s in range(3)]
-                 + [("performer", s, 0.70 + 0.01 * s + noise[s]) for s in range(3)])  # fmt: skip
+    runs = _runs(
+        [("softmax", s, 0.70 + 0.01 * s) for s in range(3)]
+        + [("linear", s, 0.60 + 0.01 * s + noise[s]) for s in range(3)]
+        + [("performer", s, 0.70 + 0.01 * s + noise[s]) for s in range(3)]
+    )
     table = comparison_table(runs).set_index("label")
     assert list(table["baseline"]) == [True, False, False]
     linear, performer = table.loc["attention=linear"], table.loc["attention=performer"]
@@ -99,8 +101,9 @@ def test_the_table_compares_every_row_with_the_baseline():
 
 
 def test_the_baseline_can_be_any_row():
-    runs = _runs([("softmax", 0, 0.7), ("linear", 0, 0.6), ("softmax", 1, 0.72),
-                  ("linear", 1, 0.61)])  # fmt: skip
+    runs = _runs(
+        [("softmax", 0, 0.7), ("linear", 0, 0.6), ("softmax", 1, 0.72), ("linear", 1, 0.61)]
+    )
     for spec in (2, "linear", "attention=linear"):
         table = comparison_table(runs, baseline=spec)
         assert list(table["baseline"]) == [False, True], spec
@@ -115,8 +118,10 @@ def test_a_baseline_that_names_no_row_at_the_end_is_the_first_row_and_the_table_
     runs = _runs([("softmax", 0, 0.7), ("linear", 0, 0.6)])
     table = comparison_table(runs, baseline=spec)
     assert list(table["baseline"]) == [True, False]
-    assert any(why in note and "compared with the first row instead" in note
-               for note in table.attrs["notes"])  # fmt: skip
+    assert any(
+        why in note and "compared with the first row instead" in note
+        for note in table.attrs["notes"]
+    )
 
 
 def test_a_table_of_single_runs_says_n_1():

@@ -81,8 +81,9 @@ def test_fit_learns_digits_and_records_every_epoch(tmp_path):
 
 
 def test_a_non_finite_loss_stops_training_with_its_step(tmp_path):
-    model, *loaders, optimizer, settings, record = _digits_run(tmp_path, epochs=2, lr=1e30,
-                                                               log_every=1000)  # fmt: skip
+    model, *loaders, optimizer, settings, record = _digits_run(
+        tmp_path, epochs=2, lr=1e30, log_every=1000
+    )
     with pytest.raises(Diverged) as stopped:
         fit(model, optimizer, Splits(*loaders), settings, [record, NullTracker()])
     record.release()
@@ -94,8 +95,16 @@ def test_auto_precision_on_a_cpu_is_fp32_every_time_and_is_recorded(cli, tmp_pat
 
     # Nothing is timed: a matrix product that would make bf16 look 100x faster changes nothing.
     monkeypatch.setattr(vitsweep.device, "matmul_seconds", lambda n, dtype, *a, **k: pytest.fail())
-    result = cli("data=digits", "data.subset=64", "model.dim=32", "model.depth=1",
-                 "trainer.epochs=1", "logger=none", "device=cpu", "hydra.run.dir=run")  # fmt: skip
+    result = cli(
+        "data=digits",
+        "data.subset=64",
+        "model.dim=32",
+        "model.depth=1",
+        "trainer.epochs=1",
+        "logger=none",
+        "device=cpu",
+        "hydra.run.dir=run",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["precision"] == "fp32"
 

@@ -40,8 +40,14 @@ def test_the_validation_split_is_stratified_fixed_and_apart_from_training():
 
 
 def test_a_run_with_a_validation_split_records_the_test_top1_at_its_best_epoch(cli, tmp_path):
-    result = cli(*TINY, "data.subset=200", "model.dim=32", "trainer.epochs=3",
-                 "data.val_fraction=0.25", "hydra.run.dir=run")  # fmt: skip
+    result = cli(
+        *TINY,
+        "data.subset=200",
+        "model.dim=32",
+        "trainer.epochs=3",
+        "data.val_fraction=0.25",
+        "hydra.run.dir=run",
+    )
     assert result.returncode == 0, result.stderr
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert {"val_acc", "val_loss", "test_acc"} <= set(history.columns)
@@ -57,8 +63,9 @@ def _run(attention, seed, test, at_best_val=None):
     summary = {"status": "completed", "best_test_acc": test, "final_test_acc": test}
     if at_best_val is not None:
         summary |= {"best_val_acc": at_best_val + 0.01, "test_acc_at_best_val": at_best_val}
-    return row_from_run({"seed": seed}, summary, [f"attention={attention}", f"seed={seed}"],
-                        f"{attention}-{seed}")  # fmt: skip
+    return row_from_run(
+        {"seed": seed}, summary, [f"attention={attention}", f"seed={seed}"], f"{attention}-{seed}"
+    )
 
 
 def test_the_table_shows_the_test_top1_at_the_best_validation_epoch_where_runs_have_it():

@@ -106,8 +106,10 @@ def check_no_repeated_job(config: DictConfig) -> None:
     seen: set[frozenset[str]] = set()
     for job in sweep_jobs(config):
         if (key := frozenset(job)) in seen:
-            raise ConfigError(f"the grid lists the job {' '.join(job)} twice: a value repeats "
-                              "in a list of choices")  # fmt: skip
+            raise ConfigError(
+                f"the grid lists the job {' '.join(job)} twice: a value repeats "
+                "in a list of choices"
+            )
         seen.add(key)
 
 
@@ -119,9 +121,13 @@ def size_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
         parts = build(task)
         shape = (parts.data.channels, parts.data.image_size, parts.data.image_size)
         size = describe_model(parts.model, shape)
-        return {"parameters": f"{size['params']:,}", "tokens": str(size["tokens"]),
-                "GFLOPs/img": f"{size['flops_per_image'] / 1e9:.2f}", "epochs":
-                str(parts.settings.epochs), "ok": "ok"}  # fmt: skip
+        return {
+            "parameters": f"{size['params']:,}",
+            "tokens": str(size["tokens"]),
+            "GFLOPs/img": f"{size['flops_per_image'] / 1e9:.2f}",
+            "epochs": str(parts.settings.epochs),
+            "ok": "ok",
+        }
     except Exception as err:
         return {"ok": f"error: {find_stop(err) or err}"}
 
@@ -146,8 +152,12 @@ class DryRun(Callback):
         if not self.asked(config):
             return
         if not uses_basic_sweeper(config):
-            end_with(ConfigError(f"dry_run lists the grid of Hydra's basic sweeper; this sweep "
-                                 f"uses {sweeper_of(config)}"))  # fmt: skip
+            end_with(
+                ConfigError(
+                    f"dry_run lists the grid of Hydra's basic sweeper; this sweep "
+                    f"uses {sweeper_of(config)}"
+                )
+            )
         self.plan(config, sweep_jobs(config))
 
     def plan(self, config: DictConfig, jobs: list[list[str]]) -> None:
@@ -155,15 +165,23 @@ class DryRun(Callback):
 
         shown = [[o for o in job if not o.startswith("dry_run=")] for job in jobs]
         common = set.intersection(*map(set, shown)) if len(shown) > 1 else set()
-        rows = [{"job": str(i), "overrides": " ".join(o for o in job if o not in common) or "—",
-                 **size_job(config, job)} for i, job in enumerate(shown)]  # fmt: skip
+        rows = [
+            {
+                "job": str(i),
+                "overrides": " ".join(o for o in job if o not in common) or "—",
+                **size_job(config, job),
+            }
+            for i, job in enumerate(shown)
+        ]
         columns = ["job", "overrides", "parameters", "tokens", "GFLOPs/img", "epochs", "ok"]
         table = pd.DataFrame(rows).reindex(columns=columns).fillna("—")
         print(table.to_markdown(index=False, disable_numparse=True))
         failed = int((table["ok"] != "ok").sum())
         also = f"; all with: {' '.join(sorted(common))}" if common else ""
-        print(f"\n{len(jobs)} jobs{also}. Dry run: nothing was created or trained"
-              + (f"; {failed} would fail." if failed else "."))  # fmt: skip
+        print(
+            f"\n{len(jobs)} jobs{also}. Dry run: nothing was created or trained"
+            + (f"; {failed} would fail." if failed else ".")
+        )
         end_with(Listed(failed))
 
 
@@ -281,8 +299,12 @@ class ComparisonReport(Callback):
             s = self.settings
             table = write_report(runs, curves, out_dir, sweep_dir, s.baseline, s.confidence)
         except Exception as err:
-            end_with(ReportError(f"the comparison table of {sweep_dir} could not be built: "
-                                 f"{type(err).__name__}: {err}"))  # fmt: skip
+            end_with(
+                ReportError(
+                    f"the comparison table of {sweep_dir} could not be built: "
+                    f"{type(err).__name__}: {err}"
+                )
+            )
         not_completed = int((~runs["status"].isin(FINISHED)).sum())
         print(
             f"\n{table.attrs['headline']}\nComparison of {len(runs)} jobs ({not_completed} not "

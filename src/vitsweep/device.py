@@ -23,8 +23,12 @@ def resolve_device(name: str, job_num: int | None = None) -> torch.device:
     ``job_num mod G`` of the machine's G: a parallel launcher running K jobs at once keeps every
     GPU busy (K = 2G packs two small jobs on each). ``cuda:N`` is GPU N, whatever the job."""
     one_gpu = re.fullmatch(r"cuda:(\d+)", name)
-    require(name in DEVICES or one_gpu is not None, "device.name", name,
-            "auto, cpu, cuda, cuda:N or mps")  # fmt: skip
+    require(
+        name in DEVICES or one_gpu is not None,
+        "device.name",
+        name,
+        "auto, cpu, cuda, cuda:N or mps",
+    )
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -49,8 +49,9 @@ class Stopping(Exception):
         return f"error: {self}"
 
     def stop(self, where: Path | None = None, epochs: int = 0) -> Stop:
-        return Stop(self.status, self.record_fields(), self.user_line(where, epochs),
-                    self.exit_code)  # fmt: skip
+        return Stop(
+            self.status, self.record_fields(), self.user_line(where, epochs), self.exit_code
+        )
 
 
 class ConfigError(Stopping, ValueError):
@@ -108,8 +109,10 @@ class WriteError(Stopping, OSError):
         return self.strerror
 
     def user_line(self, where: Path | None, epochs: int) -> str:
-        return (f"error: {self} (recorded up to epoch {epochs}; make room, then rerun with "
-                "trainer.resume=true: it carries on from the last whole checkpoint)")  # fmt: skip
+        return (
+            f"error: {self} (recorded up to epoch {epochs}; make room, then rerun with "
+            "trainer.resume=true: it carries on from the last whole checkpoint)"
+        )
 
 
 class Unfinished(Stopping, RuntimeError):
@@ -141,10 +144,17 @@ def stop_of(err: BaseException, where: Path | None = None, epochs: int = 0) -> S
     """Any exception as a stop. ``where``: the run directory; ``epochs``: how many are recorded.
     An interrupt stops a sweep too (exit 130: the user asked to stop); a bug is a traceback."""
     if isinstance(err, KeyboardInterrupt):
-        line = (f"interrupted: the last finished epoch is saved in {where}; rerun the same "
-                "command with trainer.resume=true to carry on")  # fmt: skip
-        return Stop("interrupted", {"error": f"interrupted ({str(err) or 'SIGINT'})"}, line,
-                    INTERRUPTED, ends_sweep=True)  # fmt: skip
+        line = (
+            f"interrupted: the last finished epoch is saved in {where}; rerun the same "
+            "command with trainer.resume=true to carry on"
+        )
+        return Stop(
+            "interrupted",
+            {"error": f"interrupted ({str(err) or 'SIGINT'})"},
+            line,
+            INTERRUPTED,
+            ends_sweep=True,
+        )
     known = find_stop(err)
     if known is not None:
         return known.stop(where, epochs)

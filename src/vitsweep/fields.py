@@ -82,8 +82,14 @@ def describe(hint: Any) -> str:
         if origin is tuple and args and args[-1] is not Ellipsis:
             return f"a list of {len(args)} (each {describe(args[0])})"
         return f"a list (each {describe(args[0])})" if args else "a list"
-    names = {bool: "true or false", int: "an integer", float: "a finite number",
-             str: "a string", type(None): "null", None: "null"}  # fmt: skip
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a finite number",
+        str: "a string",
+        type(None): "null",
+        None: "null",
+    }
     if hint in names:
         return names[hint]
     return "a tensor" if getattr(hint, "__name__", "") == "Tensor" else str(hint)
@@ -110,8 +116,9 @@ def check_fields(
         if key.startswith("_"):
             continue
         if key in supplied:
-            raise ConfigError(f"{prefix}{key} is not set in the config: the code that builds "
-                              "this part passes it")  # fmt: skip
+            raise ConfigError(
+                f"{prefix}{key} is not set in the config: the code that builds this part passes it"
+            )
         if key not in settable:
             if new := getattr(target, "RENAMED", {}).get(key):
                 raise ConfigError(f"{prefix}{key} was renamed to {prefix}{new}")

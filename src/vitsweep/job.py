@@ -99,8 +99,12 @@ class Parts:
 def check_target(path: str, node: Any, supplied: tuple[str, ...] = ()) -> Any:
     """The class or function a ``_target_`` node names, once the node's fields are checked
     against its signature."""
-    require(isinstance(node, dict) and "_target_" in node, path, node,
-            "a config node with a _target_ (choose an option of its group)")  # fmt: skip
+    require(
+        isinstance(node, dict) and "_target_" in node,
+        path,
+        node,
+        "a config node with a _target_ (choose an option of its group)",
+    )
     try:
         target = get_object(node["_target_"])
     except Exception:
@@ -156,10 +160,17 @@ def describe_run(parts: Parts, record: RunRecord) -> None:
     if p.sets is not None:
         record.note_from_data(p.data, p.sets.train.classes)
     image_shape = (p.data.channels, p.data.image_size, p.data.image_size)
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "cuda": torch.version.cuda}  # fmt: skip
-    record.update(device=device_label(p.device), precision=p.settings.precision, **versions,
-                  **describe_model(p.model, image_shape))  # fmt: skip
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
+    record.update(
+        device=device_label(p.device),
+        precision=p.settings.precision,
+        **versions,
+        **describe_model(p.model, image_shape),
+    )
 
 
 def train_job(parts: Parts, record: RunRecord, job: JobInfo, hooks: Sequence[Hook] = ()) -> None:
@@ -184,8 +195,15 @@ def train_job(parts: Parts, record: RunRecord, job: JobInfo, hooks: Sequence[Hoo
     # tags, so W&B groups them as the comparison table does.
     p.tracker.start(record.config, record.run_dir, job.name, job.sweep_name, job.overrides)
     record.update(status="running")
-    fit(p.model, p.optimizer, loaders, s, [record, p.tracker, *hooks], record.resume_state,
-        p.data.num_classes)  # fmt: skip
+    fit(
+        p.model,
+        p.optimizer,
+        loaders,
+        s,
+        [record, p.tracker, *hooks],
+        record.resume_state,
+        p.data.num_classes,
+    )
     record.complete(s.epochs)
 
 

@@ -61,8 +61,11 @@ def peak_rise_mb(device: torch.device, run: Callable[[], object]) -> float:
         trace = Path(tmp) / "trace.json"  # the running total is in the exported trace
         prof.export_chrome_trace(str(trace))
         events = json.loads(trace.read_text())["traceEvents"]
-    cpu = [e["args"] for e in events
-           if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]  # fmt: skip
+    cpu = [
+        e["args"]
+        for e in events
+        if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0
+    ]
     if not cpu:
         return 0.0
     # "Total Allocated" counts what was allocated before too: the first event tells how much.
@@ -128,8 +131,11 @@ def _profiler_lines_dropped() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
-                    if not any(mark in line for mark in _PROFILER_LINES)]  # fmt: skip
+            kept = [
+                line
+                for line in captured.read().decode(errors="replace").splitlines(True)
+                if not any(mark in line for mark in _PROFILER_LINES)
+            ]
             sys.stderr.write("".join(kept))
 
 

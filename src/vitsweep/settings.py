@@ -143,8 +143,11 @@ class DataSettings:
 
     def model_sizes(self) -> dict[str, int]:
         """What the model is sized by: the image's side, its channels, the classes."""
-        return {"image_size": self.image_size, "in_channels": self.channels,
-                "num_classes": self.num_classes}  # fmt: skip
+        return {
+            "image_size": self.image_size,
+            "in_channels": self.channels,
+            "num_classes": self.num_classes,
+        }
 
 
 PRUNERS = ("median", "asha", "hyperband", "none")
@@ -190,9 +193,12 @@ class SearchSettings:
         ])  # fmt: skip
         for key, spec in s.space.items():
             kind = spec.get("type") if isinstance(spec, dict) else None
-            require(kind in KINDS and all(k in spec for k in KINDS[kind]), f"search.space.{key}",
-                    spec, "{type: float|int, low, high[, log, step]} or {type: categorical, "
-                    "choices: [...]}")  # fmt: skip
+            require(
+                kind in KINDS and all(k in spec for k in KINDS[kind]),
+                f"search.space.{key}",
+                spec,
+                "{type: float|int, low, high[, log, step]} or {type: categorical, choices: [...]}",
+            )
 
 
 @dataclass
@@ -203,8 +209,7 @@ class ReportSettings:
     confidence: float = 0.95  # of the intervals; a difference is marked at p < 1 - confidence
 
     def __post_init__(self) -> None:
-        require(0 < self.confidence < 1, "report.confidence", self.confidence,
-                "a number in (0, 1)")  # fmt: skip
+        require(0 < self.confidence < 1, "report.confidence", self.confidence, "a number in (0, 1)")
 
 
 BLOCKS = {"trainer": TrainerSettings, "data": DataSettings, "search": SearchSettings}

@@ -138,8 +138,10 @@ def resumed_sweep(
             f"{sweep_dir} holds another sweep ({command}): this one is {change}; {WAYS}"
         )
     if name is not None and earlier.get("name") not in (None, name):
-        raise ConfigError(f"{sweep_dir} holds the sweep named {earlier['name']!r}; add "
-                          f"sweep_name={earlier['name']} to resume it")  # fmt: skip
+        raise ConfigError(
+            f"{sweep_dir} holds the sweep named {earlier['name']!r}; add "
+            f"sweep_name={earlier['name']} to resume it"
+        )
     if not resume:
         raise ConfigError(
             f"{sweep_dir} holds this sweep already; add trainer.resume=true to finish it, or {WAYS}"
@@ -166,8 +168,10 @@ def check_results_folder(out_dir: Path, source: str | os.PathLike) -> None:
     except (OSError, ValueError, AttributeError):
         return
     if earlier is not None and Path(str(earlier)).resolve() != Path(str(source)).resolve():
-        raise ConfigError(f"{out_dir} holds the table of another sweep ({earlier}); choose "
-                          "another sweep_name (report.py: --name)")  # fmt: skip
+        raise ConfigError(
+            f"{out_dir} holds the table of another sweep ({earlier}); choose "
+            "another sweep_name (report.py: --name)"
+        )
 
 
 def read_sweep_record(sweep_dir: Path) -> dict[str, Any]:

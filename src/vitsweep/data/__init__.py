@@ -1,9 +1,9 @@
 """Data: the built-in sets and your own folders as uint8 tensors, their splits, and the loaders.
 
-    sets.py     ImageSet, and the built-in sets (digits, CIFAR-10/100, SVHN, Fashion-MNIST)
-    folder.py   your own images: a folder of class folders
-    splits.py   a run's splits (train, test, validation), sizes read from the data, fingerprints
-    loaders.py  the device loader and torchvision's, built from the data settings
+sets.py     ImageSet, and the built-in sets (digits, CIFAR-10/100, SVHN, Fashion-MNIST)
+folder.py   your own images: a folder of class folders
+splits.py   a run's splits (train, test, validation), sizes read from the data, fingerprints
+loaders.py  the device loader and torchvision's, built from the data settings
 """
 
 from vitsweep.data.loaders import (

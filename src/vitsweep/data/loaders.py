@@ -154,13 +154,25 @@ def torchvision_loader(
 def check_matches_config(images: ImageSet, data: DataSettings) -> None:
     """The data set loaded is the one the config describes (the model was sized from it)."""
     _, channels, height, width = images.images.shape
-    require(channels == data.channels, "data.channels", data.channels,
-            f"{channels}: the data set's images have {channels} channel(s)")  # fmt: skip
-    require(height == width == data.image_size, "data.image_size", data.image_size,
-            f"{height}: the data set's images are {height}x{width}")  # fmt: skip
+    require(
+        channels == data.channels,
+        "data.channels",
+        data.channels,
+        f"{channels}: the data set's images have {channels} channel(s)",
+    )
+    require(
+        height == width == data.image_size,
+        "data.image_size",
+        data.image_size,
+        f"{height}: the data set's images are {height}x{width}",
+    )
     top = int(images.labels.max()) if len(images) else -1
-    require(top < data.num_classes, "data.num_classes", data.num_classes,
-            f"at least {top + 1}: the data set has labels up to {top}")  # fmt: skip
+    require(
+        top < data.num_classes,
+        "data.num_classes",
+        data.num_classes,
+        f"at least {top + 1}: the data set has labels up to {top}",
+    )
 
 
 def build_loaders(
@@ -181,7 +193,10 @@ def build_loaders(
     if data.loader == "torchvision":
         train = torchvision_loader(sets.train, batch_size, normalise, augment, data.workers)
         held_out = partial(
-            torchvision_loader, batch_size=eval_batch_size, normalise=normalise, workers=data.workers
+            torchvision_loader,
+            batch_size=eval_batch_size,
+            normalise=normalise,
+            workers=data.workers,
         )
     else:
         train = DeviceLoader(sets.train, batch_size, normalise, device, augment, seed)

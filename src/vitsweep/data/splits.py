@@ -33,8 +33,12 @@ def load_splits(data: DataSettings) -> Splits:
     if not data.val_fraction:
         return Splits(train, test)
     kept, held = stratified_split(train.labels, data.val_fraction, seed=0)
-    require(len(kept) > 0 and len(held) > 0, "data.val_fraction", data.val_fraction,
-            "a fraction that leaves images both to train and to validate on")  # fmt: skip
+    require(
+        len(kept) > 0 and len(held) > 0,
+        "data.val_fraction",
+        data.val_fraction,
+        "a fraction that leaves images both to train and to validate on",
+    )
     return Splits(train.take(kept), test, train.take(held))
 
 

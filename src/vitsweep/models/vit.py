@@ -116,8 +116,14 @@ class VisionTransformer(nn.Module):
         nanovit_quirks: bool = False,
     ) -> None:
         super().__init__()
-        sizes = {"image_size": image_size, "in_channels": in_channels, "num_classes": num_classes,
-                 "dim": dim, "depth": depth, "mlp_dim": mlp_dim}  # fmt: skip
+        sizes = {
+            "image_size": image_size,
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "dim": dim,
+            "depth": depth,
+            "mlp_dim": mlp_dim,
+        }
         _check_args(sizes, heads, dropout, pool, pos)
         self.embed = embedding(in_channels=in_channels, dim=dim, image_size=image_size)
         self.num_tokens = self.embed.num_tokens

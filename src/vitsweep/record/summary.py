@@ -13,8 +13,10 @@ FINISHED = (*DONE, "pruned")  # ended as it should: a search stops hopeless tria
 
 def per_class_top1(confusion: list[list[int]], classes: list[str]) -> dict[str, float | None]:
     """Each true class's top-1 from a confusion matrix (rows: true, columns: predicted)."""
-    return {name: (row[i] / sum(row) if sum(row) else None)
-            for i, (name, row) in enumerate(zip(classes, confusion))}  # fmt: skip
+    return {
+        name: (row[i] / sum(row) if sum(row) else None)
+        for i, (name, row) in enumerate(zip(classes, confusion))
+    }
 
 
 def summarise_history(
@@ -44,8 +46,11 @@ def summarise_history(
         validated = [row for row in evaluated if row.get("val_acc") is not None]
         if validated:  # the epoch a search would pick, and the test top-1 it would get
             chosen = max(validated, key=lambda r: r["val_acc"])
-            summary |= {"best_val_acc": chosen["val_acc"], "best_val_epoch": int(chosen["epoch"]),
-                        "test_acc_at_best_val": chosen["test_acc"]}  # fmt: skip
+            summary |= {
+                "best_val_acc": chosen["val_acc"],
+                "best_val_epoch": int(chosen["epoch"]),
+                "test_acc_at_best_val": chosen["test_acc"],
+            }
         if best.get("confusion") is not None:
             names = classes or [str(i) for i in range(len(best["confusion"]))]
             summary["confusion"] = best["confusion"]

@@ -80,8 +80,12 @@ def _accuracy(group: pd.DataFrame, confidence: float) -> dict[str, Any]:
     # Two runs of one seed in a row differ in something the table does not name: keep both,
     # keyed by run, so that nothing pairs them with another row's seeds.
     keys = seeds if seeds.is_unique else scored["run"]
-    return {"n": interval.n, "best_top1_low": interval.low, "best_top1_high": interval.high,
-            "per_seed": dict(zip(keys, scored["best_top1"]))}  # fmt: skip
+    return {
+        "n": interval.n,
+        "best_top1_low": interval.low,
+        "best_top1_high": interval.high,
+        "per_seed": dict(zip(keys, scored["best_top1"])),
+    }
 
 
 def aggregate(runs: pd.DataFrame, keys: list[str], confidence: float) -> pd.DataFrame:
@@ -118,8 +122,10 @@ def per_class(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
 
     labels = label_runs(runs, list(table.attrs.get("keys", [])))
     done = runs["status"].isin(DONE)
-    means = {label: mean_by_key(group["per_class_top1"])
-             for label, group in runs[done].groupby(labels[done], sort=False)}  # fmt: skip
+    means = {
+        label: mean_by_key(group["per_class_top1"])
+        for label, group in runs[done].groupby(labels[done], sort=False)
+    }
     rows = [means.get(label, {}) for label in table["label"]]
     return pd.DataFrame(rows, index=list(table["label"])).mul(100)
 
@@ -136,22 +142,28 @@ def notes_on(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     notes = list(runs.attrs.get("notes", []))
     empty = runs[runs["status"].isin(DONE) & (runs["status"] != "sized")]
     for run in empty[empty["best_top1"].isna()]["run"]:
-        notes.append(f"{run} says completed but holds no test accuracy: left out of its row "
-                     "(rerun it with trainer.resume=true)")  # fmt: skip
+        notes.append(
+            f"{run} says completed but holds no test accuracy: left out of its row "
+            "(rerun it with trainer.resume=true)"
+        )
     labelled = runs.assign(label=label_runs(runs, list(table.attrs.get("keys", []))))
     for label, group in labelled[labelled["status"].isin(DONE)].groupby("label", sort=False):
         repeated = group["seed"][group["seed"].duplicated()].dropna().unique()
         if len(repeated):
-            notes.append(f"row {label!r} holds {len(group)} runs with repeated seed(s) "
-                         f"{', '.join(map(str, repeated))}: they differ in something the "
-                         "table does not name; compared unpaired")  # fmt: skip
+            notes.append(
+                f"row {label!r} holds {len(group)} runs with repeated seed(s) "
+                f"{', '.join(map(str, repeated))}: they differ in something the "
+                "table does not name; compared unpaired"
+            )
     for _, run in runs[~runs["status"].isin(FINISHED)].iterrows():
         why = f": {run['error']}" if isinstance(run.get("error"), str) else ""
         notes.append(f"{run['run']} ({run['status']}){why}")
     precisions = sorted({str(p) for p in runs["precision"].dropna()})
     if len(precisions) > 1:
-        notes.append(f"the runs were trained in different precisions ({', '.join(precisions)}): "
-                     "see the precision column before comparing rows")  # fmt: skip
+        notes.append(
+            f"the runs were trained in different precisions ({', '.join(precisions)}): "
+            "see the precision column before comparing rows"
+        )
     return notes
 
 
@@ -164,16 +176,20 @@ def pick_baseline(labels: list[str], spec: int | str | None) -> int:
     text = str(spec).strip()
     values = {part.split("=")[-1]: part for label in labels for part in label.split()}
     if text.isdigit() and text in values:  # both a row number and a value: say which
-        raise ConfigError(f"report.baseline={spec} is both a row number and {values[text]}: "
-                          f"write '#{text}' for row {text}, or '{values[text]}'")  # fmt: skip
+        raise ConfigError(
+            f"report.baseline={spec} is both a row number and {values[text]}: "
+            f"write '#{text}' for row {text}, or '{values[text]}'"
+        )
     if text.lstrip("#").isdigit():
         if 1 <= int(text.lstrip("#")) <= len(labels):
             return int(text.lstrip("#")) - 1
         raise ConfigError(f"report.baseline={spec}: there are {len(labels)} rows")
     wanted = str(spec).replace(",", " ").split()
-    matches = [i for i, label in enumerate(labels)
-               if all(w in label.split() or w in [p.split("=")[-1] for p in label.split()]
-                      for w in wanted)]  # fmt: skip
+    matches = [
+        i
+        for i, label in enumerate(labels)
+        if all(w in label.split() or w in [p.split("=")[-1] for p in label.split()] for w in wanted)
+    ]
     if len(matches) != 1:
         found = "no row" if not matches else f"{len(matches)} rows"
         raise ConfigError(f"report.baseline={spec!r} matches {found}; rows: {'; '.join(labels)}")

@@ -28,22 +28,31 @@ def manifest(runs: pd.DataFrame, table: pd.DataFrame, sweep: dict[str, Any]) -> 
         group = runs[labels == row["label"]]
         seeds = sorted({int(s) for s in group["seed"].dropna()})
         first = next(iter(group["overrides"]), [])
-        rows.append({
-            "label": row["label"],
-            "overrides": [o for o in first if override_key(o) != "seed"],
-            "seeds": seeds, "runs": list(group["run"]),
-            "best_top1": {str(k): v for k, v in row["per_seed"].items()},
-            "mean": _number(row["best_top1"]), "low": _number(row["best_top1_low"]),
-            "high": _number(row["best_top1_high"]), "n": int(row["n"]),
-            "data_fingerprint": distinct(group, "data_fingerprint"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "label": row["label"],
+                "overrides": [o for o in first if override_key(o) != "seed"],
+                "seeds": seeds,
+                "runs": list(group["run"]),
+                "best_top1": {str(k): v for k, v in row["per_seed"].items()},
+                "mean": _number(row["best_top1"]),
+                "low": _number(row["best_top1_low"]),
+                "high": _number(row["best_top1_high"]),
+                "n": int(row["n"]),
+                "data_fingerprint": distinct(group, "data_fingerprint"),
+            }
+        )
     harness = sweep.get("harness") or {"commit": None, "dirty": None, "diff_sha256": None}
     return {
-        "sweep": sweep.get("name"), "command": sweep.get("command"), "harness": harness,
+        "sweep": sweep.get("name"),
+        "command": sweep.get("command"),
+        "harness": harness,
         "versions": {v: distinct(runs, v) for v in ("python", "torch", "cuda")},
-        "device": distinct(runs, "device"), "data": distinct(runs, "data_fingerprint"),
-        "confidence": table.attrs.get("confidence"), "rows": rows,
-    }  # fmt: skip
+        "device": distinct(runs, "device"),
+        "data": distinct(runs, "data_fingerprint"),
+        "confidence": table.attrs.get("confidence"),
+        "rows": rows,
+    }
 
 
 def _number(value: Any) -> float | None:

@@ -56,15 +56,25 @@ def write_report(
     table = comparison_table(runs, baseline, confidence, keys)
     expected = grid_size(sweep.get("grid") or {}) if sweep.get("grid") else None
     if expected and len(runs) < expected:
-        table.attrs["notes"].append(f"{expected - len(runs)} of the grid's {expected} jobs have "
-                                    "no record: not run yet, or deleted")  # fmt: skip
+        table.attrs["notes"].append(
+            f"{expected - len(runs)} of the grid's {expected} jobs have "
+            "no record: not run yet, or deleted"
+        )
     table.attrs["headline"] = to_markdown(table, keys, headline=True)
-    text = "\n".join(part for part in [
-        f"# Sweep {out_dir.name}\n\nFrom {source} ({len(runs)} jobs).\n",
-        table.attrs["headline"], how_to_read(table), notes_text(table),
-        "All columns:\n", to_markdown(table, keys), per_class_text(runs, table),
-        footer(runs, curves, sweep),
-    ] if part)  # fmt: skip
+    text = "\n".join(
+        part
+        for part in [
+            f"# Sweep {out_dir.name}\n\nFrom {source} ({len(runs)} jobs).\n",
+            table.attrs["headline"],
+            how_to_read(table),
+            notes_text(table),
+            "All columns:\n",
+            to_markdown(table, keys),
+            per_class_text(runs, table),
+            footer(runs, curves, sweep),
+        ]
+        if part
+    )
     write_atomic(out_dir / "comparison.md", text)
     kept = table.drop(columns=["per_seed", "overrides", "confusion", "classes", "per_class_top1"])
     write_atomic(out_dir / "comparison.csv", kept.to_csv(index=False))
@@ -100,8 +110,14 @@ def confusion_panels(runs: pd.DataFrame, table: pd.DataFrame) -> list[tuple[str,
     for position, role in chosen.items():
         label = table["label"][position]
         matrix = summed_confusion(runs, label, keys)
-        names = next((c for c in runs.loc[label_runs(runs, keys) == label, "classes"]
-                      if isinstance(c, list)), None)  # fmt: skip
+        names = next(
+            (
+                c
+                for c in runs.loc[label_runs(runs, keys) == label, "classes"]
+                if isinstance(c, list)
+            ),
+            None,
+        )
         if matrix is not None:
             names = names or [str(i) for i in range(len(matrix))]
             panels.append((f"{role}: {short(label)}", matrix, names))
@@ -114,10 +130,15 @@ def efficiency_points(table: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd  # only when a table is made: a run stays light
 
     others = [k for k in table.attrs.get("keys", []) if k != "data.subset"]
-    images = table["train_images"].fillna(pd.to_numeric(table["override:data.subset"],
-                                                         errors="coerce"))  # fmt: skip
-    return pd.DataFrame({
-        "label": label_runs(table, others) if others else "all",
-        "images": images, "best_top1": table["best_top1"],
-        "low": table["best_top1_low"], "high": table["best_top1_high"],
-    }).dropna(subset=["images", "best_top1"])  # fmt: skip
+    images = table["train_images"].fillna(
+        pd.to_numeric(table["override:data.subset"], errors="coerce")
+    )
+    return pd.DataFrame(
+        {
+            "label": label_runs(table, others) if others else "all",
+            "images": images,
+            "best_top1": table["best_top1"],
+            "low": table["best_top1_low"],
+            "high": table["best_top1_high"],
+        }
+    ).dropna(subset=["images", "best_top1"])

@@ -58,8 +58,9 @@ def plot_curves(
             (line,) = ax.plot(mean.index, mean.values, marker="o", markersize=3, label=name)
             if seeds > 1:
                 std = by_epoch.std().fillna(0) * scale
-                ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2,
-                                color=line.get_color())  # fmt: skip
+                ax.fill_between(
+                    mean.index, mean - std, mean + std, alpha=0.2, color=line.get_color()
+                )
         ax.legend(fontsize=8, title="mean, band ±1 std over seeds", title_fontsize=8)
     ax.set(xlabel="epoch", ylabel=ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -83,8 +84,10 @@ def frontier(costs: list[float], scores: list[float]) -> list[int]:
 def plot_pareto(table: pd.DataFrame, path: Path) -> None:
     """Best top-1 (mean, with ±1 std over seeds) against two costs, train seconds per epoch
     and forward GFLOPs per image; each point is a row, and the frontier is drawn."""
-    costs = [("train_s_per_epoch", "train seconds per epoch"),
-             ("gflops_per_image", "forward GFLOPs per image")]  # fmt: skip
+    costs = [
+        ("train_s_per_epoch", "train seconds per epoch"),
+        ("gflops_per_image", "forward GFLOPs per image"),
+    ]
     fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.4))
     for ax, (cost, xlabel) in zip(axes, costs):
         data = table.dropna(subset=[cost, "best_top1"]).reset_index(drop=True)
@@ -94,13 +97,30 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> None:
             errors = data["best_top1_std"].fillna(0) if "best_top1_std" in data else None
             ax.errorbar(data[cost], data["best_top1"], yerr=errors, fmt="o", capsize=3)
             for _, row in data.iterrows():
-                ax.annotate(short(row["label"]), (row[cost], row["best_top1"]), fontsize=8,
-                            textcoords="offset points", xytext=(5, 4))  # fmt: skip
+                ax.annotate(
+                    short(row["label"]),
+                    (row[cost], row["best_top1"]),
+                    fontsize=8,
+                    textcoords="offset points",
+                    xytext=(5, 4),
+                )
             best = frontier(list(data[cost]), list(data["best_top1"]))
-            ax.step(data[cost][best], data["best_top1"][best], where="post", color="grey",
-                    alpha=0.6, linestyle="--")  # fmt: skip
-            ax.scatter(data[cost][best], data["best_top1"][best], s=160, facecolors="none",
-                       edgecolors="grey", label="frontier: none cheaper and better")  # fmt: skip
+            ax.step(
+                data[cost][best],
+                data["best_top1"][best],
+                where="post",
+                color="grey",
+                alpha=0.6,
+                linestyle="--",
+            )
+            ax.scatter(
+                data[cost][best],
+                data["best_top1"][best],
+                s=160,
+                facecolors="none",
+                edgecolors="grey",
+                label="frontier: none cheaper and better",
+            )
             ax.legend(fontsize=8, loc="lower right")
             if data[cost].max() > 10 * data[cost].min() > 0:
                 ax.set_xscale("log")
@@ -114,8 +134,7 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> None:
 def plot_confusion(panels: list[tuple[str, np.ndarray, list[str]]], path: Path) -> None:
     """Confusion matrices side by side (``panels``: title, matrix, class names), each row
     normalised by its true class's count, so the diagonal is each class's top-1."""
-    fig, axes = pyplot().subplots(1, len(panels), figsize=(5.6 * len(panels), 5.2),
-                                   squeeze=False)  # fmt: skip
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5.6 * len(panels), 5.2), squeeze=False)
     for ax, (title, matrix, classes) in zip(axes[0], panels):
         counts = matrix.sum(axis=1, keepdims=True)
         share = np.divide(matrix, counts, out=np.zeros(matrix.shape), where=counts > 0)
@@ -126,8 +145,15 @@ def plot_confusion(panels: list[tuple[str, np.ndarray, list[str]]], path: Path) 
         ax.set(xlabel="predicted class", ylabel="true class", title=title)
         if len(classes) <= 12:
             for (i, j), value in np.ndenumerate(share):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if value > 0.5 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if value > 0.5 else "black",
+                )
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="share of the true class")
     save_figure(fig, path)
 
@@ -139,14 +165,23 @@ def plot_data_efficiency(points: pd.DataFrame, path: Path) -> None:
     for label, line in points.sort_values("images").groupby("label", sort=False):
         below = (line["best_top1"] - line["low"]).fillna(0)
         above = (line["high"] - line["best_top1"]).fillna(0)
-        ax.errorbar(line["images"], line["best_top1"], yerr=[below, above], marker="o",
-                    capsize=3, label=short(label) or "all")  # fmt: skip
+        ax.errorbar(
+            line["images"],
+            line["best_top1"],
+            yerr=[below, above],
+            marker="o",
+            capsize=3,
+            label=short(label) or "all",
+        )
     ax.set_xscale("log")
     sizes = sorted(points["images"].unique())
     ax.set_xticks(sizes, [f"{size:,.0f}" for size in sizes])
     ax.minorticks_off()
-    ax.set(xlabel="training images", ylabel="best test top-1 (%)",
-           title="Data efficiency (bars: the interval over seeds)")  # fmt: skip
+    ax.set(
+        xlabel="training images",
+        ylabel="best test top-1 (%)",
+        title="Data efficiency (bars: the interval over seeds)",
+    )
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

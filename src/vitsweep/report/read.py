@@ -78,8 +78,9 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     """Every job's directory of a sweep: the folders right under it that hold a run record
     (Hydra puts job N in <sweep dir>/N), in job order. Deeper folders (a W&B run's files, an
     older run that happens to lie below) are not the sweep's jobs."""
-    found = {p.parent for name in ("config.yaml", "summary.json")
-             for p in sweep_dir.glob(f"*/{name}")}  # fmt: skip
+    found = {
+        p.parent for name in ("config.yaml", "summary.json") for p in sweep_dir.glob(f"*/{name}")
+    }
     # numbers in numeric order, then other names: comparable keys whatever the names
     return sorted(found, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 

@@ -103,8 +103,9 @@ def to_markdown(table: pd.DataFrame, keys: list[str], headline: bool = False) ->
     rows = [row for _, row in table.iterrows()]
     cells = {key: [_override_cell(row.get(f"override:{key}")) for row in rows] for key in keys}
     for column in shown_columns(table, keys, headline):
-        cells[column.heading] = [_cell(column, row.get(column.name), row.get(f"{column.name}_std"))
-                                 for row in rows]  # fmt: skip
+        cells[column.heading] = [
+            _cell(column, row.get(column.name), row.get(f"{column.name}_std")) for row in rows
+        ]
     ci = ci_heading(table.attrs.get("confidence", 0.95))
     differences = [_difference(row) for row in rows]
     cells |= {

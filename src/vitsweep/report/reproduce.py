@@ -41,8 +41,10 @@ def read_manifest(results_dir: Path) -> dict[str, Any]:
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError):
-        raise ConfigError(f"{path} cannot be read: reproduce a results folder that a sweep "
-                          "wrote (src/report.py writes its manifest)") from None  # fmt: skip
+        raise ConfigError(
+            f"{path} cannot be read: reproduce a results folder that a sweep "
+            "wrote (src/report.py writes its manifest)"
+        ) from None
     if not isinstance(found, dict) or not isinstance(found.get("rows"), list):
         raise ConfigError(f"{path} is not a vitsweep manifest")
     return found
@@ -86,22 +88,33 @@ def check_data(row: dict[str, Any]) -> None:
     config, _ = compose_row(row)
     found = fingerprint(*load_splits(DataSettings(**config["data"])))
     if found not in row["data_fingerprint"]:
-        raise ConfigError(f"row {row['number']}: its data's fingerprint here is {found}, the "
-                          f"manifest's {', '.join(row['data_fingerprint'])}: not the data it was "
-                          "trained on")  # fmt: skip
+        raise ConfigError(
+            f"row {row['number']}: its data's fingerprint here is {found}, the "
+            f"manifest's {', '.join(row['data_fingerprint'])}: not the data it was "
+            "trained on"
+        )
 
 
 def run_rows(chosen: list[dict], sweep_dir: Path, name: str, resume: bool) -> None:
     """Each row's seeds as jobs of one sweep, through the same build and train as every run."""
-    jobs = [[*row_key(row["overrides"]), f"seed={seed}", f"sweep_name={name}"]
-            + (["trainer.resume=true"] if resume else [])
-            for row in chosen for seed in row["run_seeds"]]  # fmt: skip
+    jobs = [
+        [*row_key(row["overrides"]), f"seed={seed}", f"sweep_name={name}"]
+        + (["trainer.resume=true"] if resume else [])
+        for row in chosen
+        for seed in row["run_seeds"]
+    ]
     for num, overrides in enumerate(jobs):
         log.info("job %d of %d: %s", num + 1, len(jobs), " ".join(overrides))
         cfg, choices = compose_job(overrides)
-        job = JobInfo(run_dir=sweep_dir / str(num), multirun=True, choices=choices,
-                      overrides=overrides, name=",".join(overrides), sweep_name=name,
-                      num=num)  # fmt: skip
+        job = JobInfo(
+            run_dir=sweep_dir / str(num),
+            multirun=True,
+            choices=choices,
+            overrides=overrides,
+            name=",".join(overrides),
+            sweep_name=name,
+            num=num,
+        )
         run_job(plain(cfg), job)
 
 
@@ -127,17 +140,24 @@ def what_differs(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         "device": lambda m: m.get("device"),
         "data": lambda m: m.get("data"),
     }
-    return [f"{name} ({read(before)} → {read(after)})"
-            for name, read in fields.items() if read(before) != read(after)]  # fmt: skip
+    return [
+        f"{name} ({read(before)} → {read(after)})"
+        for name, read in fields.items()
+        if read(before) != read(after)
+    ]
 
 
 def per_row_results(chosen: list[dict], runs: pd.DataFrame) -> list[dict[str, float]]:
     """Each chosen row's new best top-1 by seed, matched by the overrides its runs recorded."""
     keys = runs["overrides"].map(row_key)
     done = runs["status"].isin(("completed",)) & runs["best_top1"].notna()
-    return [{str(int(r["seed"])): float(r["best_top1"])
-             for _, r in runs[done & (keys == row_key(row["overrides"]))].iterrows()}
-            for row in chosen]  # fmt: skip
+    return [
+        {
+            str(int(r["seed"])): float(r["best_top1"])
+            for _, r in runs[done & (keys == row_key(row["overrides"]))].iterrows()
+        }
+        for row in chosen
+    ]
 
 
 def interval(mean: Any, low: Any, high: Any, n: int) -> str:
@@ -155,22 +175,28 @@ def reproduction_text(found: dict, chosen: list[dict], results: list[dict], afte
     lines = []
     for row, again in zip(chosen, results):
         new = mean_interval(list(again.values()), found.get("confidence") or 0.95)
-        per_seed = ", ".join(f"{s}: {row['best_top1'].get(s, float('nan')):.2f} → {v:.2f}"
-                             for s, v in again.items())  # fmt: skip
-        lines.append({
-            "row": str(row["number"]), "configuration": row["label"],
-            "original best top-1 %": interval(row["mean"], row["low"], row["high"], row["n"]),
-            "reproduced": interval(new.mean, new.low, new.high, new.n),
-            "per seed (original → reproduced)": per_seed or "—",
-            "verdict": judge(row, again),
-        })  # fmt: skip
+        per_seed = ", ".join(
+            f"{s}: {row['best_top1'].get(s, float('nan')):.2f} → {v:.2f}" for s, v in again.items()
+        )
+        lines.append(
+            {
+                "row": str(row["number"]),
+                "configuration": row["label"],
+                "original best top-1 %": interval(row["mean"], row["low"], row["high"], row["n"]),
+                "reproduced": interval(new.mean, new.low, new.high, new.n),
+                "per seed (original → reproduced)": per_seed or "—",
+                "verdict": judge(row, again),
+            }
+        )
     table = pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
     differs = what_differs(found, after)
     said = "; ".join(differs) if differs else "nothing: the same commit, versions, device and data"
-    return (f"# Reproduction of {found.get('sweep')}\n\nOriginal: `{found.get('command')}`\n\n"
-            f"{table}\n\nWhat differs from the original sweep: {said}.\n\n`identical`: every "
-            "seed's best top-1 is the same number. `inside` / `outside`: the reproduced mean "
-            "against the original row's interval.\n")  # fmt: skip
+    return (
+        f"# Reproduction of {found.get('sweep')}\n\nOriginal: `{found.get('command')}`\n\n"
+        f"{table}\n\nWhat differs from the original sweep: {said}.\n\n`identical`: every "
+        "seed's best top-1 is the same number. `inside` / `outside`: the reproduced mean "
+        "against the original row's interval.\n"
+    )
 
 
 def reproduce(
@@ -186,17 +212,26 @@ def reproduce(
     found = read_manifest(results_dir)
     commit = (found.get("harness") or {}).get("commit")
     if not commit or not commit_exists(ROOT, commit):
-        raise ConfigError(f"{results_dir}: its harness commit {commit} is not in this repository; "
-                          "fetch it first, or reproduce in a clone that has it")  # fmt: skip
+        raise ConfigError(
+            f"{results_dir}: its harness commit {commit} is not in this repository; "
+            "fetch it first, or reproduce in a clone that has it"
+        )
     chosen = plan(found, rows, seeds)
     for row in chosen:
         check_data(row)
     name = check_sweep_name(f"{found.get('sweep') or Path(results_dir).name}-reproduced")
     sweep_dir, harness = Path("multirun") / name, harness_state(ROOT)
-    grid = {"reproduces": str(results_dir), "rows": [r["number"] for r in chosen],
-            "seeds": [r["run_seeds"] for r in chosen]}  # fmt: skip
-    about = {"name": name, "command": f"python src/report.py --reproduce {results_dir}",
-             "commit": git_commit(harness), "harness": harness}  # fmt: skip
+    grid = {
+        "reproduces": str(results_dir),
+        "rows": [r["number"] for r in chosen],
+        "seeds": [r["run_seeds"] for r in chosen],
+    }
+    about = {
+        "name": name,
+        "command": f"python src/report.py --reproduce {results_dir}",
+        "commit": git_commit(harness),
+        "harness": harness,
+    }
     claim_sweep(sweep_dir, grid, resume, about)
     run_rows(chosen, sweep_dir, name, resume)
     runs, curves = load_sweep(sweep_dir)

@@ -16,18 +16,27 @@ def check_search(config: dict[str, Any], overrides: list[str], sweep_dir: Path) 
     """Everything a search can be refused for, before any trial. ``config``: the sweep's
     (plain), ``overrides``: its command line."""
     settings = search_settings(config["search"])
-    require(not config.get("dry_run"), "dry_run", True, "false in a search: its trials are "
-            "drawn as it goes, there is no grid to list")  # fmt: skip
+    require(
+        not config.get("dry_run"),
+        "dry_run",
+        True,
+        "false in a search: its trials are drawn as it goes, there is no grid to list",
+    )
     fraction = (config.get("data") or {}).get("val_fraction", 0)
-    require(bool(fraction) and fraction > 0, "data.val_fraction", fraction,
-            "a fraction > 0 in a search: tuning on the test set is no search")  # fmt: skip
+    require(
+        bool(fraction) and fraction > 0,
+        "data.val_fraction",
+        fraction,
+        "a fraction > 0 in a search: tuning on the test set is no search",
+    )
     base = base_overrides(overrides, settings.space)
     for trial_overrides in sample_points(settings.space):  # a misspelt choice fails here
         try:
             cfg, choices = compose_job([*base, *trial_overrides])
         except Exception as err:
-            raise ConfigError(f"search.space: {' '.join(trial_overrides)} cannot be composed "
-                              f"({first_line(err)})") from None  # fmt: skip
+            raise ConfigError(
+                f"search.space: {' '.join(trial_overrides)} cannot be composed ({first_line(err)})"
+            ) from None
         check(plain(cfg) | {"choices": choices})
     sweep_dir.mkdir(parents=True, exist_ok=True)
     open_study(settings, sweep_dir, str(config["sweep_name"]))
@@ -36,7 +45,9 @@ def check_search(config: dict[str, Any], overrides: list[str], sweep_dir: Path) 
 def sample_points(space: dict[str, dict[str, Any]]) -> list[list[str]]:
     """A few points of the space that together touch every choice and both ends of every
     range: enough to find a setting that cannot be composed or built."""
-    ends = {k: (list(v["choices"]) if v["type"] == "categorical" else [v["low"], v["high"]])
-            for k, v in space.items()}  # fmt: skip
+    ends = {
+        k: (list(v["choices"]) if v["type"] == "categorical" else [v["low"], v["high"]])
+        for k, v in space.items()
+    }
     widest = max(len(values) for values in ends.values())
     return [[f"{k}={values[i % len(values)]}" for k, values in ends.items()] for i in range(widest)]

@@ -73,20 +73,37 @@ def search_summary(
     trials = study.get_trials(deepcopy=False)
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     epochs = sum(len(t.intermediate_values) for t in trials)
-    lines = [f"# Search {name}", "",
-             f"{len(trials)} trials: {states['complete']} completed, {states['pruned']} pruned, "
-             f"{states['fail']} failed; {epochs} epochs trained and validated in all "
-             f"(pruner: {settings.pruner}, sampler: {settings.sampler}, seed "
-             f"{settings.sampler_seed})."]  # fmt: skip
+    lines = [
+        f"# Search {name}",
+        "",
+        f"{len(trials)} trials: {states['complete']} completed, {states['pruned']} pruned, "
+        f"{states['fail']} failed; {epochs} epochs trained and validated in all "
+        f"(pruner: {settings.pruner}, sampler: {settings.sampler}, seed "
+        f"{settings.sampler_seed}).",
+    ]
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     if finished:
         best = max(finished, key=lambda t: t.value)
         chosen = [f"{k}={v}" for k, v in best.params.items()]
         skip = ("search", "sweep_name", "trainer.resume", "data.val_fraction")
         kept = [o for o in overrides if not override_key(o).startswith(skip)]
-        command = " ".join(["python src/run.py -m", *kept, *chosen, f"data.val_fraction={fraction}",
-                            "seed=0,1,2", f"sweep_name={name}-best"])  # fmt: skip
-        lines += ["", f"Best trial: {best.number}, validation top-1 {100 * best.value:.2f}% "
-                  f"({', '.join(chosen)}; record: {best.user_attrs.get('run_dir')}).", "",
-                  "Rerun it over seeds for a table to cite:", "", f"    {command}"]  # fmt: skip
+        command = " ".join(
+            [
+                "python src/run.py -m",
+                *kept,
+                *chosen,
+                f"data.val_fraction={fraction}",
+                "seed=0,1,2",
+                f"sweep_name={name}-best",
+            ]
+        )
+        lines += [
+            "",
+            f"Best trial: {best.number}, validation top-1 {100 * best.value:.2f}% "
+            f"({', '.join(chosen)}; record: {best.user_attrs.get('run_dir')}).",
+            "",
+            "Rerun it over seeds for a table to cite:",
+            "",
+            f"    {command}",
+        ]
     return "\n".join(lines) + "\n"

@@ -113,8 +113,9 @@ def run_trial(trial: Any, worker: Worker) -> float:
     cfg, choices = compose_job(overrides)
     config = plain(cfg)
     job = worker.job
-    trial_job = JobInfo(run_dir, True, choices, overrides, f"trial {trial.number}",
-                        job.sweep_name, job.num)  # fmt: skip
+    trial_job = JobInfo(
+        run_dir, True, choices, overrides, f"trial {trial.number}", job.sweep_name, job.num
+    )
     prune = PruneTrial(trial, worker.settings.startup_epochs, int(config["trainer"]["epochs"]))
     result = run_job(config, trial_job, hooks=[prune])
     trial.set_user_attr("run_dir", os.path.relpath(run_dir))  # as the sweep's own paths read
@@ -122,6 +123,8 @@ def run_trial(trial: Any, worker: Worker) -> float:
     if result.status == "pruned":
         raise optuna.TrialPruned()
     if result.status != "completed" or result.summary.get("best_val_acc") is None:
-        raise TrialFailed(f"trial {trial.number}: {result.status or 'no record'}: "
-                          f"{result.summary.get('error', 'no validation top-1')}")  # fmt: skip
+        raise TrialFailed(
+            f"trial {trial.number}: {result.status or 'no record'}: "
+            f"{result.summary.get('error', 'no validation top-1')}"
+        )
     return float(result.summary["best_val_acc"])
