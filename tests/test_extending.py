@@ -1,6 +1,7 @@
 """A new attention variant is one class and one YAML: with nothing else edited, the generic
 attention tests, a size-only sweep and the attention benchmark all pick it up."""
 
+import json
 import shutil
 import textwrap
 
@@ -114,3 +115,37 @@ def test_a_new_metric_is_one_column_entry(monkeypatch, tmp_path):
     assert "final train loss" in headline and "1.500 ± 0.707" in headline
     write_report(runs, pd.DataFrame(), tmp_path, tmp_path)
     assert "final_loss" in pd.read_csv(tmp_path / "comparison.csv").columns
+
+
+def test_a_new_way_to_stop_is_one_class(tmp_path, capsys):
+    """A stop declared once (its status, exit code and line) ends a real job the way every
+    stop does: recorded in its summary, told in one line, the exit code it names."""
+    from tests.helpers import QUICK
+    from vitsweep.config import compose_config, plain
+    from vitsweep.errors import Stopping
+    from vitsweep.job import JobInfo, run_job
+
+    class OutOfTime(Stopping, RuntimeError):
+        status = "timed_out"
+        exit_code = 3
+
+    class Deadline:  # a training hook that stops the run after its first epoch
+        def on_resume(self, history):
+            pass
+
+        def on_step(self, metrics, step):
+            pass
+
+        def on_epoch(self, row, step, training):
+            raise OutOfTime(f"out of time after epoch {row['epoch']}")
+
+    config = plain(compose_config(QUICK))
+    with pytest.raises(SystemExit) as stopped:
+        run_job(config, JobInfo(run_dir=tmp_path / "run"), hooks=[Deadline()])
+    assert stopped.value.code == 3
+    assert capsys.readouterr().err.strip() == "error: out of time after epoch 1"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_done"]) == ("timed_out", 1)
+    assert summary["error"] == "out of time after epoch 1"
+    in_a_sweep = run_job(config, JobInfo(run_dir=tmp_path / "job", multirun=True), [Deadline()])
+    assert in_a_sweep.status == "timed_out"  # a sweep's job ends so, and the sweep goes on
