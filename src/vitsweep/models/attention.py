@@ -31,6 +31,12 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, -1)
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the wider of its dtype and fp32: bf16/fp16 go up to fp32, fp64 stays fp64
+    (``.float()`` would drop a float64 module to fp32, or clash with its float64 buffers)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def check_heads(dim: int, heads: int) -> None:
     require(heads >= 1, "model.heads", heads, "a positive integer")
     if dim % heads:
@@ -105,9 +111,9 @@ class SoftmaxAttention(MultiHeadAttention):
 class LinearAttention(MultiHeadAttention):
     """Linear attention (Katharopoulos et al., 2020), non-causal, O(N d^2).
 
-    ``kernel_attention`` with phi(x) = elu(x) + 1. The two sums over the sequence run in fp32
-    even under bf16 autocast: they add up to N = 1024 positive terms, which bf16's 8-bit
-    mantissa cannot hold accurately.
+    ``kernel_attention`` with phi(x) = elu(x) + 1. The two sums over the sequence run in at
+    least fp32 even under bf16 autocast: they add up to N = 1024 positive terms, which bf16's
+    8-bit mantissa cannot hold accurately.
     """
 
     def __init__(
@@ -119,8 +125,8 @@ class LinearAttention(MultiHeadAttention):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=q.device.type, enabled=False):
-            phi_q, phi_k = F.elu(q.float()) + 1, F.elu(k.float()) + 1
-            return kernel_attention(phi_q, phi_k, v.float(), self.eps)
+            phi_q, phi_k = F.elu(at_least_fp32(q)) + 1, F.elu(at_least_fp32(k)) + 1
+            return kernel_attention(phi_q, phi_k, at_least_fp32(v), self.eps)
 
 
 class PerformerAttention(MultiHeadAttention):
@@ -179,7 +185,7 @@ class PerformerAttention(MultiHeadAttention):
         """phi(x), stabilised by subtracting a max before exp; the max cancels in the ratio:
         per row for queries, one over the whole sequence for keys."""
         x = x * self.head_dim**-0.25
-        wx = x @ self.projection.T  # (B, H, N, m)
+        wx = x @ self.projection.T.to(x.dtype)  # (B, H, N, m); a bf16 module's features go up
         shift = wx.amax(dim=-1, keepdim=True) if is_query else wx.amax(dim=(-2, -1), keepdim=True)
         return torch.exp(wx - (x**2).sum(dim=-1, keepdim=True) / 2 - shift.detach()) + self.eps
 
@@ -192,9 +198,9 @@ class PerformerAttention(MultiHeadAttention):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=q.device.type, enabled=False):
-            phi_q = self.feature_map(q.float(), is_query=True)
-            phi_k = self.feature_map(k.float(), is_query=False)
-            return kernel_attention(phi_q, phi_k, v.float(), eps=0.0)  # eps is inside phi
+            phi_q = self.feature_map(at_least_fp32(q), is_query=True)
+            phi_k = self.feature_map(at_least_fp32(k), is_query=False)
+            return kernel_attention(phi_q, phi_k, at_least_fp32(v), eps=0.0)  # eps is inside phi
 
 
 def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -211,17 +217,26 @@ def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
 
 
 def segment_means(x: torch.Tensor, m: int) -> torch.Tensor:
-    """(B, H, N, d) -> (B, H, m, d): means over m contiguous segments; any N, divisible or not."""
-    b, h, n, d = x.shape
-    pooled = F.adaptive_avg_pool1d(x.reshape(b * h, n, d).transpose(1, 2), m)
-    return pooled.transpose(1, 2).reshape(b, h, m, d)
+    """(..., N, d) -> (..., m, d): means over m disjoint contiguous segments, 1 <= m <= N.
+
+    Every token is in exactly one segment: the first N mod m hold ceil(N/m) tokens, the rest
+    floor(N/m): disjoint, like the segments of Nystromformer's reference code (which pads N
+    to a multiple of m), without padding. ``adaptive_avg_pool1d``'s windows overlap when m
+    does not divide N, counting tokens twice, and make worse landmarks.
+    """
+    size, longer = divmod(x.shape[-2], m)
+    split = longer * (size + 1)
+    head = x[..., :split, :].unflatten(-2, (longer, size + 1)).mean(dim=-2)
+    tail = x[..., split:, :].unflatten(-2, (m - longer, size)).mean(dim=-2)
+    return torch.cat([head, tail], dim=-2)
 
 
 class NystromAttention(MultiHeadAttention):
     """Nystromformer (Xiong et al., 2021): softmax attention from m landmarks, O(N m).
 
     softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V, where the landmarks Q~, K~ are
-    means over m segments of the sequence (uneven segments when m does not divide N).
+    means over m disjoint contiguous segments of the sequence (``segment_means``: of
+    floor(N/m) and ceil(N/m) tokens when m does not divide N).
     ``pinv_iterations=0`` uses the exact pseudo-inverse instead of Newton-Schulz.
     """
 
@@ -248,7 +263,8 @@ class NystromAttention(MultiHeadAttention):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         m = min(self.landmarks, q.shape[-2])
         with torch.autocast(device_type=q.device.type, enabled=False):
-            q, k, v = q.float() * q.shape[-1] ** -0.5, k.float(), v.float()
+            q = at_least_fp32(q) * q.shape[-1] ** -0.5
+            k, v = at_least_fp32(k), at_least_fp32(v)
             q_land, k_land = segment_means(q, m), segment_means(k, m)
             kernel_1 = torch.softmax(q @ k_land.transpose(-2, -1), dim=-1)  # (N, m)
             kernel_2 = torch.softmax(q_land @ k_land.transpose(-2, -1), dim=-1)  # (m, m)
