@@ -41,11 +41,12 @@ def main(cfg: DictConfig) -> float | None:
     ``vitsweep.job.run_job``; in a search (``search=...``), an Optuna worker whose trials are
     such runs (``vitsweep.search.run_worker``)."""
     job = this_job(cfg)
-    with stops_told(job.multirun):  # a config that cannot be resolved: one line
-        config = plain(cfg)
-        if config.get("search"):
-            return run_worker(config, job)
-        return run_job(config, job).best_accuracy
+    if cfg.get("search"):  # a worker that cannot work stops the search, with its exit code
+        with stops_told(multirun=False, where=job.run_dir):
+            run_worker(plain(cfg), job)
+        return None
+    with stops_told(job.multirun, where=job.run_dir):  # a config that cannot be resolved
+        return run_job(plain(cfg), job).best_accuracy
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ PostgreSQL study serves several workers."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.helpers import RUN, TINY
+from tests.helpers import RUN, TINY, invoke
 
 SEARCH = [
     "-m",
@@ -181,3 +182,101 @@ def test_a_trial_interrupted_mid_run_carries_on_from_its_checkpoint_on_resume(
     assert "resumed after epoch 1" in (moved / "run.log").read_text()
     table = pd.read_csv(tmp_path / "results" / "s" / "comparison.csv")
     assert list(table["status"]) == ["completed"]
+
+
+# A search's numbers are only ever those of runs that trained with the trial's parameters.
+
+TINY_SEARCH = [*SHORT, "data.subset=64", "model.depth=1", "data.val_fraction=0.2"]
+
+
+@pytest.fixture(scope="session")
+def two_trials_once(tmp_path_factory) -> Path:
+    where = tmp_path_factory.mktemp("searched")
+    done = invoke([*TINY_SEARCH, "search.trials=2"], where)
+    assert done.returncode == 0, done.stderr
+    return where
+
+
+@pytest.fixture
+def two_trials(two_trials_once, tmp_path, cli) -> Path:
+    """A finished search of two trials (``TINY_SEARCH``) in ``tmp_path``, run once a session."""
+    for part in ("multirun", "results"):
+        shutil.copytree(two_trials_once / part, tmp_path / part)
+    return tmp_path
+
+
+def test_a_resumed_search_draws_on_instead_of_repeating_its_first_trial(cli, two_trials):
+    resumed = cli(*TINY_SEARCH, "search.trials=3", "trainer.resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _study(two_trials).trials
+    assert len(trials) == 3 and trials[2].params != trials[0].params
+    table = pd.read_csv(two_trials / "results" / "s" / "comparison.csv")
+    assert len(table) == 3 and set(table["n"]) == {1}  # a trial is a row, never a seed of one
+
+
+def test_two_trials_that_draw_one_point_are_two_rows(cli, tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(RUN.parents[1] / "conf", conf)
+    optuna_yaml = conf / "search" / "optuna.yaml"  # only the attention, one choice: one point
+    kept = [line for line in optuna_yaml.read_text().splitlines() if "optim." not in line]
+    optuna_yaml.write_text("\n".join(kept).replace("[softmax, linear]", "[softmax]") + "\n")
+    result = cli(f"--config-path={conf}", *TINY_SEARCH, "search.trials=2")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "results" / "s" / "comparison.csv")
+    assert list(table["n"]) == [1, 1] and list(table["override:search.trial"]) == [0, 1]
+
+
+def test_a_search_whose_study_was_deleted_is_refused_not_scored_by_old_records(cli, two_trials):
+    (two_trials / "multirun" / "s" / "study.db").unlink()
+    resumed = cli(*TINY_SEARCH, "search.trials=3", "trainer.resume=true")
+    assert resumed.returncode == 2
+    _one_error_line(resumed, "trial_0", "its study does not know", "restore it")
+
+
+def test_a_study_reused_without_its_records_is_refused(cli, two_trials):
+    kept = two_trials / "elsewhere.db"
+    shutil.move(two_trials / "multirun" / "s" / "study.db", kept)
+    shutil.rmtree(two_trials / "multirun")  # the records gone, the study kept
+    shutil.rmtree(two_trials / "results")
+    again = cli(*TINY_SEARCH, "search.trials=2", f"search.storage=sqlite:///{kept}")
+    assert again.returncode == 2
+    _one_error_line(again, "the study s holds 2 finished trials", "not in multirun/s")
+    assert not (two_trials / "multirun").exists()  # refused before anything was made
+
+
+def test_a_sampler_changed_in_the_searchs_file_is_another_search(cli, two_trials):
+    conf = two_trials / "conf"
+    shutil.copytree(RUN.parents[1] / "conf", conf)
+    optuna_yaml = conf / "search" / "optuna.yaml"
+    optuna_yaml.write_text(optuna_yaml.read_text().replace("sampler: tpe", "sampler: random"))
+    resumed = cli(f"--config-path={conf}", *TINY_SEARCH, "search.trials=3", "trainer.resume=true")
+    assert resumed.returncode == 2
+    _one_error_line(resumed, "holds another sweep", "search.sampler=random (was tpe)")
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("trainer.epochs=0", "trainer.epochs=0: expected at least 1 in a search"),
+        ("dry_run=true", "dry_run=True: expected false in a search"),
+        ("search.sampler_seed=-5", "search.sampler_seed=-5: expected an integer from 0"),
+    ],
+)
+def test_a_search_that_cannot_train_is_refused_leaving_nothing(cli, tmp_path, override, needle):
+    result = cli(*TINY_SEARCH, "search.trials=1", override)
+    assert result.returncode == 2
+    _one_error_line(result, needle)
+    assert not (tmp_path / "multirun").exists()  # no study.db, no empty sweep directory
+
+
+def test_a_failed_trial_is_one_line_not_a_traceback(cli, tmp_path, monkeypatch):
+    import vitsweep.job
+
+    def broken(*args, **kwargs):
+        raise vitsweep.errors.Diverged(3)
+
+    monkeypatch.setattr(vitsweep.job, "fit", broken)
+    result = cli(*TINY_SEARCH, "search.trials=1")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "diverged: non-finite loss at step 3" in result.stderr
+    assert [t.state.name for t in _study(tmp_path).trials] == ["FAIL"]

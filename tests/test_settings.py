@@ -7,9 +7,18 @@ import pytest
 import yaml
 
 from tests.helpers import CONF
-from vitsweep.settings import DataSettings, ReportSettings, SearchSettings, TrainerSettings
+from vitsweep.settings import (
+    DataSettings,
+    ReportSettings,
+    RunConfig,
+    SearchSettings,
+    TrainerSettings,
+)
 
-DATA_OWN = ("root", "channels", "num_classes", "mean", "std")  # each data set says its own
+# The top level's own settings with a default in RunConfig that the YAML does not repeat:
+# the groups' choices and a sweep's name (the YAML's is a time stamp).
+RUN_OWN = ("logger", "sweep_name", "report", "search")
+DATA_OWN = ("channels", "num_classes", "mean", "std")  # each data set says its own
 
 
 def defaults(settings: type) -> dict:
@@ -32,12 +41,13 @@ def read(path: str) -> dict:
     [
         (TrainerSettings, lambda: read("config.yaml")["trainer"], ()),
         (ReportSettings, lambda: read("config.yaml")["report"], ()),
+        (RunConfig, lambda: {"dry_run": read("config.yaml")["dry_run"]}, RUN_OWN),
         # the space is each search's own; the worker's number is set by the grid
         (SearchSettings, lambda: read("search/optuna.yaml")["search"], ("space",)),
         # the data set's own fields (source, name, sizes, statistics, root) are each file's
         (DataSettings, lambda: read("data/_shared.yaml"), DATA_OWN),
     ],
-    ids=["trainer", "report", "search", "data"],
+    ids=["trainer", "report", "top-level", "search", "data"],
 )
 def test_a_yaml_file_repeats_its_settings_defaults_exactly(settings, written, not_written):
     expected = {k: v for k, v in defaults(settings).items() if k not in not_written}

@@ -41,10 +41,10 @@ WHERE = Path("runs/one")
          "with trainer.resume=true to carry on", INTERRUPTED),
         (ReportError("the table could not be built"), "failed",
          {"error": "the table could not be built"}, "error: the table could not be built", 1),
-        (Unfinished("2 jobs did not finish"), "failed", {"error": "2 jobs did not finish"},
+        (Unfinished("2 jobs did not finish"), "unfinished", {"error": "2 jobs did not finish"},
          None, 1),
-        (Listed(0), "failed", {"error": "0 jobs would fail"}, None, 0),
-        (Listed(3), "failed", {"error": "3 jobs would fail"}, None, 2),
+        (Listed(0), "listed", {"error": "0 jobs would fail"}, None, 0),
+        (Listed(3), "listed", {"error": "3 jobs would fail"}, None, 2),
     ],
     ids=["config", "diverged", "pruned", "write", "interrupt", "report", "unfinished",
          "listed", "listed-failing"],
@@ -120,3 +120,10 @@ def test_a_directory_that_cannot_be_resumed_is_one_line(found, config, message):
     expected = "add trainer.resume=true" if not resume else message
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         decide_resume(WHERE, found, config, resume)
+
+
+def test_a_run_recorded_before_its_data_loader_moved_can_still_be_resumed():
+    source = {"_target_": "vitsweep.datasets.load_digits", "image_size": 32}
+    moved = {"_target_": "vitsweep.data.sets.load_digits", "image_size": 32}
+    found = Earlier({"seed": 0, "data": {"source": source}}, {"status": "interrupted"}, 2, True)
+    assert decide_resume(WHERE, found, {"seed": 0, "data": {"source": moved}}, True) == "carry_on"

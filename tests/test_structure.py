@@ -60,6 +60,8 @@ def test_no_module_imports_its_own_package_inside_a_function():
 
 
 def test_how_a_process_exits_is_decided_in_vitsweep_errors_alone():
+    """Only vitsweep.errors raises SystemExit or ends the process; an entry point may only
+    hand on what its main returned (``sys.exit(main())``)."""
     exits = {"SystemExit", "exit", "_exit"}
     for path in sorted((ROOT / "src").rglob("*.py")):
         if path.name == "errors.py":
@@ -67,10 +69,10 @@ def test_how_a_process_exits_is_decided_in_vitsweep_errors_alone():
         for node in ast.walk(ast.parse(path.read_text())):
             called = node.func if isinstance(node, ast.Call) else None
             name = getattr(called, "id", getattr(called, "attr", None))
-            literal = bool(node.args) and isinstance(node.args[0], ast.Constant) if called else 0
-            assert not (name in exits and (name == "SystemExit" or literal)), (
-                f"{path.relative_to(ROOT)}:{node.lineno} decides an exit itself"
-            )
+            if name not in exits:
+                continue
+            handed_on = ast.unparse(node) == "sys.exit(main())"
+            assert handed_on, f"{path.relative_to(ROOT)}:{node.lineno} decides an exit itself"
 
 
 def test_at_most_three_functions_take_more_than_six_parameters():
@@ -87,7 +89,8 @@ def test_at_most_three_functions_take_more_than_six_parameters():
 
 def test_the_formatter_owns_the_layout():
     files = [*(ROOT / "src").rglob("*.py"), *(ROOT / "tests").rglob("*.py")]
-    skips = sum(p.read_text().count("# fmt: " + "skip") for p in files)
+    marks = ("# fmt: " + "skip", "# fmt: " + "off")
+    skips = sum(p.read_text().count(mark) for p in files for mark in marks)
     assert skips <= 10
 
 

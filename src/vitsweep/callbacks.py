@@ -10,15 +10,14 @@ Each takes Hydra's config here and hands plain settings on; every refusal is one
 exit code, through ``vitsweep.errors``.
 """
 
-from __future__ import annotations
-
 import atexit
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -52,9 +51,6 @@ from vitsweep.sweep import (
     harness_state,
 )
 
-if TYPE_CHECKING:
-    pass
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -68,9 +64,10 @@ def sweep_grid(config: DictConfig) -> dict[str, Any]:
         "overrides": sorted(overrides),
         "params": {k: v for k, v in sorted(params.items()) if not may_differ_on_resume(k)},
     }
-    if config.get("search"):  # a search's space, edited in its file, makes another search
-        space = plain(config.search.space)
-        grid["search"] = {str(k): str(v) for k, v in sorted(space.items())}
+    if config.get("search"):  # its settings, wherever they were set, make another search
+        search = plain(config.search)
+        kept = {k: v for k, v in search.items() if not may_differ_on_resume(f"search.{k}")}
+        grid["search"] = {k: str(v) for k, v in sorted(kept.items())}
     return grid
 
 
@@ -84,10 +81,10 @@ def check_baseline(config: DictConfig, baseline: int | str | None) -> None:
     """The baseline must name one row of the table the grid will make: checked against the
     jobs the basic sweeper will launch. A search's rows are its trials, known only at the end
     (as are another sweeper's), where a baseline that names none is said in the notes."""
-    import pandas as pd  # only when a table is made: a run stays light
-
     if baseline is None or config.get("search") or not uses_basic_sweeper(config):
         return
+    import pandas as pd  # deferred, as everywhere: a run that makes no table stays light
+
     jobs = pd.DataFrame(
         [
             {f"override:{k}": v for k, v in parse_overrides(job).items()}
@@ -161,7 +158,7 @@ class DryRun(Callback):
         self.plan(config, sweep_jobs(config))
 
     def plan(self, config: DictConfig, jobs: list[list[str]]) -> None:
-        import pandas as pd  # only when a table is made: a run stays light
+        import pandas as pd
 
         shown = [[o for o in job if not o.startswith("dry_run=")] for job in jobs]
         common = set.intersection(*map(set, shown)) if len(shown) > 1 else set()
@@ -233,7 +230,9 @@ class ClaimDirectories(Callback):
             check_no_repeated_job(config)
             check_baseline(config, report_settings(config).baseline)  # before any claim
             sweep_dir = Path(config.hydra.sweep.dir)
-            check_results_folder(results_root(config) / about["name"], sweep_dir)
+            out_dir = results_root(config) / about["name"]
+            check_results_place(out_dir)
+            check_results_folder(out_dir, sweep_dir)
             claim_sweep(sweep_dir, sweep_grid(config), resume, about)
         except ConfigError as err:
             end_with(err)
@@ -244,6 +243,24 @@ class ClaimDirectories(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ.pop(SWEEP_PID, None)
+
+
+def check_results_place(out_dir: Path) -> None:
+    """The sweep's table can be written where it goes: refused before any job trains when the
+    results folder, or a folder above it, is a file, or cannot be written."""
+    existing = next(place for place in (out_dir, *out_dir.parents) if place.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{existing} is a file, where the sweep's table would go ({out_dir}/): move it, "
+            "or choose another sweep_name"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write the sweep's table into {existing}: {err.strerror}"
+        ) from None
 
 
 def results_root(config: DictConfig) -> Path:

@@ -82,12 +82,12 @@ def compose_sweep_job(sweep_config: DictConfig, overrides: list[str]) -> dict[st
     return plain(without_hydra(loader.load_sweep_config(sweep_config, overrides)))
 
 
-def uses_basic_sweeper(cfg: DictConfig) -> bool:
-    return OmegaConf.select(cfg, "hydra.sweeper._target_") == BASIC_SWEEPER
-
-
 def sweeper_of(cfg: DictConfig) -> str | None:
     return OmegaConf.select(cfg, "hydra.sweeper._target_")
+
+
+def uses_basic_sweeper(cfg: DictConfig) -> bool:
+    return sweeper_of(cfg) == BASIC_SWEEPER
 
 
 def sweeper_params(cfg: DictConfig) -> dict[str, str]:

@@ -12,6 +12,7 @@ record file that could not be written (a full disk, a directory made read-only).
 """
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +37,12 @@ class Stop:
 
 
 class Stopping(Exception):
-    """A stop that is not a bug. Subclasses set ``status`` and ``exit_code`` and may say more
-    in ``record_fields`` and ``user_line``."""
+    """A stop that is not a bug. Subclasses set ``status``, ``exit_code`` and where their line
+    goes (``told``), and may say more in ``record_fields`` and ``user_line``."""
 
-    status = "failed"
-    exit_code: int | None = 1
+    status = "failed"  # what the record says
+    exit_code: int | None = 1  # a single run's; None: the process goes on
+    told = "stderr"  # the line on stderr, or "log": in the log only (at info)
 
     def record_fields(self) -> dict[str, Any]:
         return {"error": str(self)}
@@ -49,8 +51,14 @@ class Stopping(Exception):
         return f"error: {self}"
 
     def stop(self, where: Path | None = None, epochs: int = 0) -> Stop:
+        line = self.user_line(where, epochs)
+        on_stderr = self.told == "stderr"
         return Stop(
-            self.status, self.record_fields(), self.user_line(where, epochs), self.exit_code
+            self.status,
+            self.record_fields(),
+            line if on_stderr else None,
+            self.exit_code,
+            log_line=None if on_stderr else line,
         )
 
 
@@ -86,6 +94,7 @@ class Pruned(Stopping, RuntimeError):
 
     status = "pruned"
     exit_code = None
+    told = "log"  # a search prunes on purpose: nothing went wrong
 
     def __init__(self, epoch: int) -> None:
         super().__init__(f"pruned after epoch {epoch}")
@@ -94,8 +103,8 @@ class Pruned(Stopping, RuntimeError):
     def record_fields(self) -> dict[str, Any]:
         return {"pruned_epoch": self.epoch}
 
-    def stop(self, where: Path | None = None, epochs: int = 0) -> Stop:
-        return Stop(self.status, self.record_fields(), log_line=f"{where}: {self}")
+    def user_line(self, where: Path | None, epochs: int) -> str:
+        return f"{where}: {self}"
 
 
 class WriteError(Stopping, OSError):
@@ -118,12 +127,16 @@ class WriteError(Stopping, OSError):
 class Unfinished(Stopping, RuntimeError):
     """A sweep whose table is written but some of whose jobs did not finish."""
 
+    status = "unfinished"
+
     def user_line(self, where: Path | None, epochs: int) -> None:
         return None  # the table and its notes said it
 
 
 class Listed(Stopping, RuntimeError):
     """A dry run that listed its jobs and ran none: exit 0, or 2 if a job would fail."""
+
+    status = "listed"
 
     def __init__(self, failed: int) -> None:
         super().__init__(f"{failed} jobs would fail")
@@ -187,6 +200,12 @@ def exit_code_of(err: BaseException) -> int:
     if stop.traceback:
         raise err
     return stop.exit_code or 0
+
+
+def end_orphaned_worker() -> None:
+    """A sweep's worker process whose sweep is gone, its record written: it ends at once, as
+    interrupted (its pool is gone with the sweep: there is nothing to return to)."""
+    os._exit(INTERRUPTED)
 
 
 def first_line(err: BaseException) -> str:

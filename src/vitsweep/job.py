@@ -31,12 +31,13 @@ from vitsweep.data import Splits, build_loaders, complete_settings, fingerprint,
 from vitsweep.device import device_label, resolve_device, resolve_precision
 from vitsweep.errors import ConfigError, end_with, require, stop_of
 from vitsweep.fields import check_fields
+from vitsweep.hooks import Hook
 from vitsweep.measure import describe_model
 from vitsweep.models.vit import ATTENTION_ARGS, EMBEDDING_ARGS
 from vitsweep.record import RunRecord
 from vitsweep.settings import RECORDED, DataSettings, ReportSettings, RunConfig, TrainerSettings
 from vitsweep.signals import OrphanWatch, sigterm_interrupts
-from vitsweep.train import Hook, build_optimizer, fit
+from vitsweep.train import build_optimizer, fit
 
 log = logging.getLogger("vitsweep.run")
 
@@ -302,10 +303,10 @@ def run_job(config: dict[str, Any], job: JobInfo, hooks: Sequence[Hook] = ()) ->
 
 
 @contextlib.contextmanager
-def stops_told(multirun: bool) -> Iterator[None]:
-    """Whatever stops the block before a job's life begins (a config that cannot be resolved,
-    a search that cannot open its study): one line and its exit code, as for a job."""
+def stops_told(multirun: bool, where: Path | None = None) -> Iterator[None]:
+    """Whatever stops the block outside a job's life (a config that cannot be resolved, a
+    search worker that cannot open its study): one line and its exit code, as for a job."""
     try:
         yield
     except (KeyboardInterrupt, Exception) as err:
-        end_with(err, multirun)
+        end_with(err, multirun, where=where)

@@ -99,7 +99,7 @@ class TrainerSettings:
 class DataSettings:
     """The ``data:`` block (conf/data/*.yaml); each range is checked when it is built.
     ``channels``, ``num_classes``, ``mean`` and ``std`` may be null: read from the training
-    split (``completed``), as ``data=folder`` does."""
+    split (``vitsweep.data.complete_settings``), as ``data=folder`` does."""
 
     source: dict[str, Any]  # what loads the set: a _target_ and its arguments
     name: str
@@ -176,6 +176,7 @@ class SearchSettings:
     storage: str | None = None  # null: sqlite:///<sweep dir>/study.db; journal:PATH; postgresql://
     heartbeat_s: int = 60  # RDB storages: a worker silent this long has its trial retried
     worker: int = free_on_resume(0)  # this job's number among the workers (the grid sets it)
+    trial: int | None = free_on_resume()  # a trial's number, set by its worker: its own row
 
     def __post_init__(self) -> None:
         s = self
@@ -187,6 +188,8 @@ class SearchSettings:
             ("pruner", s.pruner, s.pruner in PRUNERS, ", ".join(PRUNERS)),
             ("startup_epochs", s.startup_epochs, s.startup_epochs >= 0, "an integer >= 0"),
             ("sampler", s.sampler, s.sampler in SAMPLERS, ", ".join(SAMPLERS)),
+            ("sampler_seed", s.sampler_seed, 0 <= s.sampler_seed < 2**32 - s.workers,
+             "an integer from 0 to 2**32 - 1 - search.workers"),
             ("storage", s.storage, s.storage is None or s.storage.startswith(SCHEMES),
              "null, sqlite:///PATH, journal:PATH or postgresql://USER@HOST/DB"),
             ("heartbeat_s", s.heartbeat_s, s.heartbeat_s >= 1, "a positive integer"),

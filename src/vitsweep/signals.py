@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from vitsweep.errors import INTERRUPTED
+from vitsweep.errors import end_orphaned_worker
 
 SWEEP_PID = "VITSWEEP_SWEEP_PID"  # the main process of a running sweep, for its workers: pid@host
 
@@ -126,4 +126,4 @@ class OrphanWatch:
 
     def exit_if_orphaned(self) -> None:
         if self.orphaned:
-            os._exit(INTERRUPTED)  # the worker's pool is gone with its sweep: nothing to return to
+            end_orphaned_worker()

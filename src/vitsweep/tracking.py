@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from vitsweep.errors import require
+from vitsweep.hooks import Hook
 
 log = logging.getLogger(__name__)
 
 
-class NullTracker:
+class NullTracker(Hook):
     """Logs nothing; for ``logger=none`` and for tests that don't test W&B. Every tracker is a
-    training hook (``vitsweep.train.Hook``): what it is handed, it logs."""
+    training hook (``vitsweep.hooks.Hook``): what it is handed, it logs."""
 
     def start(
         self,
@@ -38,9 +39,6 @@ class NullTracker:
         pass
 
     def finish(self, exit_code: int = 0) -> None:
-        pass
-
-    def on_resume(self, history: list[dict[str, Any]]) -> None:
         pass
 
     def on_step(self, metrics: dict[str, float], step: int) -> None:

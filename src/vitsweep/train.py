@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,24 +23,11 @@ from vitsweep.checkpoint import Training, restore_checkpoint
 from vitsweep.data import Splits
 from vitsweep.device import resolve_precision, synchronize
 from vitsweep.errors import ConfigError, Diverged, require
+from vitsweep.hooks import Hook
 from vitsweep.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # a DeviceLoader or a DataLoader
-
-
-class Hook(Protocol):
-    """What watches training, called at three moments: the run record, a tracker, a search's
-    pruner. An ``on_epoch`` that raises (``Pruned``) stops training after that epoch."""
-
-    def on_resume(self, history: list[dict[str, Any]]) -> None:
-        """Training carries on from a checkpoint holding this history."""
-
-    def on_step(self, metrics: dict[str, float], step: int) -> None:
-        """Every ``log_every`` optimizer steps: the step's loss and learning rate."""
-
-    def on_epoch(self, row: dict[str, Any], step: int, training: Training) -> None:
-        """After each epoch: its row (what history.csv keeps) and every state that trains."""
 
 
 def build_optimizer(

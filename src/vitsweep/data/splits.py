@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from vitsweep.data.sets import ImageSet, stratified_split
-from vitsweep.errors import require
+from vitsweep.errors import ConfigError, require
 from vitsweep.settings import DataSettings
 
 
@@ -39,6 +39,14 @@ def load_splits(data: DataSettings) -> Splits:
         data.val_fraction,
         "a fraction that leaves images both to train and to validate on",
     )
+    lost = sorted(set(train.labels[held].tolist()) - set(train.labels[kept].tolist()))
+    if lost:  # every image of these classes would be held out: the model never sees one
+        names = [train.classes[c] if train.classes else str(c) for c in lost]
+        few = f" (data.subset={data.subset} keeps few of them)" if data.subset else ""
+        raise ConfigError(
+            f"data.val_fraction={data.val_fraction} holds out every training image of class "
+            f"{', '.join(names)}{few}: lower it, or keep more images"
+        )
     return Splits(train.take(kept), test, train.take(held))
 
 

@@ -11,7 +11,7 @@ A directory is claimed before anything is written into it: one that holds anothe
 refused unless it is resumed with the same config (``vitsweep.record.resume`` decides), and
 one that a live process holds is refused. Files are replaced atomically, and an epoch's
 history row and checkpoint are written with Ctrl-C and SIGTERM held back, so they always agree.
-A ``RunRecord`` is a training hook (``vitsweep.train.Hook``): it keeps every epoch ``fit``
+A ``RunRecord`` is a training hook (``vitsweep.hooks.Hook``): it keeps every epoch ``fit``
 hands it.
 """
 
@@ -25,12 +25,13 @@ import yaml
 from vitsweep.checkpoint import Training, read_checkpoint, save_checkpoint
 from vitsweep.errors import ConfigError
 from vitsweep.files import DirectoryLock, write_atomic
+from vitsweep.hooks import Hook
 from vitsweep.record.resume import Earlier, decide_resume
 from vitsweep.record.summary import DONE, history_csv, read_history, summarise_history
 from vitsweep.signals import signals_held
 
 
-class RunRecord:
+class RunRecord(Hook):
     """A claimed run directory. Build one with ``RunRecord.claim``; ``release`` gives the
     directory (its lock and log file) back at the end."""
 
@@ -138,17 +139,13 @@ class RunRecord:
             save_checkpoint(self.checkpoint_path, int(row["epoch"]), training, history)
             self._write_history(history)
 
-    # As a training hook (vitsweep.train.Hook):
-
     def on_resume(self, history: list[dict[str, Any]]) -> None:
         """Carrying on from a checkpoint: its history written again (history.csv and the
         summary's numbers, whatever became of them)."""
         self._write_history(list(history))
 
-    def on_step(self, metrics: dict[str, float], step: int) -> None:
-        pass
-
     def on_epoch(self, row: dict[str, Any], step: int, training: Training) -> None:
+        """Each epoch kept: its checkpoint, history row and summary (``end_epoch``)."""
         self.end_epoch(row, training)
 
     def complete(self, epochs: int) -> None:
@@ -171,7 +168,8 @@ class RunRecord:
 
 class RunLog(logging.FileHandler):
     """run.log. Once a line cannot be written (a full disk), the file is not tried again and
-    no traceback is printed: the run goes on, or stops with its own one line."""
+    no traceback is printed, not even when it is closed: the run goes on, or stops with its own
+    one line."""
 
     broken = False
 
@@ -181,3 +179,15 @@ class RunLog(logging.FileHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         self.broken = True
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            self.broken = True
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # its buffer could not be written out: the log is given up
+            self.broken = True

@@ -41,6 +41,26 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [f"{path.rstrip('.')} ({a!r} -> {b!r})"]
 
 
+# Parts that moved to another module keep their records resumable: old path -> new path.
+MOVED_TARGETS = {
+    "vitsweep.datasets.load_image_folder": "vitsweep.data.folder.load_image_folder",
+    **{
+        f"vitsweep.datasets.load_{name}": f"vitsweep.data.sets.load_{name}"
+        for name in ("digits", "cifar10", "cifar100", "svhn", "fashion_mnist")
+    },
+}
+
+
+def with_moved_targets(node: Any) -> Any:
+    """A recorded config with every ``_target_`` that names a moved part renamed."""
+    if isinstance(node, dict):
+        renamed = {k: with_moved_targets(v) for k, v in node.items()}
+        if renamed.get("_target_") in MOVED_TARGETS:
+            renamed["_target_"] = MOVED_TARGETS[renamed["_target_"]]
+        return renamed
+    return node
+
+
 def decide_resume(
     run_dir: Path, earlier: Earlier | None, config: dict[str, Any], resume: bool
 ) -> Action:
@@ -58,7 +78,8 @@ def decide_resume(
             f"{held}; add trainer.resume=true to continue it with the same "
             "config, or choose a new directory"
         )
-    changed = differences(compared_on_resume(earlier.config), compared_on_resume(config))
+    before = compared_on_resume(with_moved_targets(earlier.config))
+    changed = differences(before, compared_on_resume(config))
     if changed:
         shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
         raise ConfigError(

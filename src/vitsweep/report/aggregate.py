@@ -17,7 +17,7 @@ from vitsweep.record.summary import DONE, FINISHED
 from vitsweep.report.columns import columns
 from vitsweep.stats import compare, mean_interval
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas is imported where a table is made: a run stays light
     import pandas as pd
 
 EVERY_JOB = "all jobs"  # the one row's name when nothing but the seed varies
@@ -37,7 +37,7 @@ def varying_overrides(runs: pd.DataFrame, grid: dict[str, Any] | None = None) ->
 
 def label_runs(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
     """Name each run by the choices that vary; with none, every run is one row."""
-    import pandas as pd  # only when a table is made: a run stays light
+    import pandas as pd
 
     if not keys:
         return pd.Series(EVERY_JOB, index=runs.index)
@@ -58,7 +58,7 @@ def _joined(values: pd.Series) -> str | None:
 def mean_by_key(values: pd.Series) -> dict[str, float]:
     """Mappings (one per run) averaged key by key, in the first mapping's order; a key a run
     lacks, or holds as null, is averaged over the runs that have it."""
-    import pandas as pd  # only when a table is made: a run stays light
+    import pandas as pd
 
     frame = pd.DataFrame([v for v in values if isinstance(v, dict)])
     return {str(k): float(v) for k, v in frame.mean(skipna=True).items() if pd.notna(v)}
@@ -92,7 +92,7 @@ def aggregate(runs: pd.DataFrame, keys: list[str], confidence: float) -> pd.Data
     """One row per configuration: the runs that differ only in seed, each ``Column`` combined
     as it declares (means and standard deviations over the runs that completed), with a
     t-interval of best top-1."""
-    import pandas as pd  # only when a table is made: a run stays light
+    import pandas as pd
 
     labelled = runs.assign(label=label_runs(runs, keys))
     done = labelled[labelled["status"].isin(FINISHED)]  # a pruned trial shows what it reached
@@ -118,7 +118,7 @@ def aggregate(runs: pd.DataFrame, keys: list[str], confidence: float) -> pd.Data
 
 def per_class(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """Each row's top-1 per class (%, mean over its completed seeds): rows × classes."""
-    import pandas as pd  # only when a table is made: a run stays light
+    import pandas as pd
 
     labels = label_runs(runs, list(table.attrs.get("keys", [])))
     done = runs["status"].isin(DONE)

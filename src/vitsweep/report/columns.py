@@ -33,6 +33,21 @@ class Column:
     headline: bool | str = False  # or "if varies": in the headline only when rows differ
     shown: str = "always"
 
+    def admits(self, value: Any) -> bool:
+        """Whether a record's value can be this column's: a number where it is written as
+        one, a mapping of numbers for ``worst``, any text for a text column."""
+        if value is None:
+            return True
+        if self.combine == "worst":
+            return isinstance(value, Mapping) and all(map(is_number_or_none, value.values()))
+        if self.fmt == "{}":
+            return isinstance(value, str | int | float) and not isinstance(value, bool)
+        return is_number_or_none(value)
+
+
+def is_number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
 
 def from_summary(key: str, scale: float = 1.0) -> Callable[[Record, Record], Any]:
     def read(config: Record, summary: Record) -> Any:

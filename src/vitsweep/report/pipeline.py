@@ -13,6 +13,7 @@ from vitsweep.files import write_atomic
 from vitsweep.report.aggregate import (
     comparison_table,
     label_runs,
+    per_class,
     summed_confusion,
     varying_overrides,
 )
@@ -33,7 +34,7 @@ from vitsweep.report.render import (
 )
 from vitsweep.sweep import check_results_folder, grid_size, read_sweep_record
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas is imported where a table is made: a run stays light
     import pandas as pd
 
 
@@ -45,8 +46,8 @@ def write_report(
     baseline: int | str | None = None,
     confidence: float = 0.95,
 ) -> pd.DataFrame:
-    """Write comparison.md/.csv, manifest.json and the plots into ``out_dir``; returns the
-    table (its headline in ``table.attrs["headline"]``, what to read with care in
+    """Write comparison.md/.csv, per_class.csv, manifest.json and the plots into ``out_dir``;
+    returns the table (its headline in ``table.attrs["headline"]``, what to read with care in
     ``attrs["notes"]``). ``source`` is the sweep directory (its sweep.yaml gives the footer)
     or a W&B group."""
     check_results_folder(out_dir, source)
@@ -78,6 +79,8 @@ def write_report(
     write_atomic(out_dir / "comparison.md", text)
     kept = table.drop(columns=["per_seed", "overrides", "confusion", "classes", "per_class_top1"])
     write_atomic(out_dir / "comparison.csv", kept.to_csv(index=False))
+    if not (classes := per_class(runs, table)).empty:  # every class, however many
+        write_atomic(out_dir / "per_class.csv", classes.rename_axis("row").to_csv())
     found = manifest(runs, table, sweep) | {"source": str(source)}
     write_atomic(out_dir / "manifest.json", json.dumps(found, indent=2))
     draw(runs, curves, table, keys, out_dir)
@@ -127,7 +130,7 @@ def confusion_panels(runs: pd.DataFrame, table: pd.DataFrame) -> list[tuple[str,
 def efficiency_points(table: pd.DataFrame) -> pd.DataFrame:
     """For a sweep that varies ``data.subset``: each row's training images and best top-1,
     named by its other choices."""
-    import pandas as pd  # only when a table is made: a run stays light
+    import pandas as pd
 
     others = [k for k in table.attrs.get("keys", []) if k != "data.subset"]
     images = table["train_images"].fillna(

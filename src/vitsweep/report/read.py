@@ -17,11 +17,11 @@ import yaml
 
 from vitsweep.config import parse_overrides
 from vitsweep.files import lock_is_held
-from vitsweep.report.columns import columns
+from vitsweep.report.columns import columns, is_number_or_none
 from vitsweep.settings import check_sweep_name
 from vitsweep.sweep import read_sweep_record
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas is imported where a table is made: a run stays light
     import pandas as pd
 
 
@@ -40,7 +40,9 @@ def row_from_run(
     overrides: Iterable[str],
     run_id: str,
 ) -> dict[str, Any]:
-    """One table row from what every run records, whichever source it came from."""
+    """One table row from what every run records, whichever source it came from. A value
+    that cannot be what its column holds (a string where a number belongs, a broken
+    confusion matrix) makes this row ``unreadable``, naming the value; the others stand."""
     overrides = list(overrides)
     identity = {
         "run": run_id,
@@ -61,7 +63,39 @@ def row_from_run(
         "data_fingerprint": summary.get("data_fingerprint"),
         "python": summary.get("python"),
     }
-    return identity | {c.name: c.value(config, summary) for c in columns()}
+    row = identity | {c.name: c.value(config, summary) for c in columns()}
+    damaged = [f"{c.name}={row[c.name]!r}" for c in columns() if not c.admits(row[c.name])]
+    damaged += [f"{key}={row[key]!r}"[:80] for key, ok in shapes(row).items() if not ok]
+    if damaged:
+        for key in damaged:
+            row[key.split("=")[0]] = None
+        row["status"] = "unreadable"
+        row["error"] = f"its record holds values that cannot be read: {', '.join(damaged)}"
+    return row
+
+
+def shapes(row: Mapping[str, Any]) -> dict[str, bool]:
+    """Whether each structured value of a row has the shape it is read with (absent is fine)."""
+    classes, confusion, per_class = row["classes"], row["confusion"], row["per_class_top1"]
+    square = isinstance(confusion, list) and all(
+        isinstance(r, list) and len(r) == len(confusion) and all(map(_count, r)) for r in confusion
+    )
+    return {
+        "seed": row["seed"] is None or _count(row["seed"]),
+        "classes": classes is None or (isinstance(classes, list) and all(map(_text, classes))),
+        "confusion": confusion is None or square,
+        "per_class_top1": per_class is None
+        or (isinstance(per_class, Mapping) and all(map(is_number_or_none, per_class.values()))),
+        "train_images": row["train_images"] is None or _count(row["train_images"]),
+    }
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
 
 
 def _read(path: Path, parse: Any) -> Any:
@@ -110,7 +144,7 @@ def read_job(job: Path, run_id: str) -> dict[str, Any]:
 def read_curve(path: Path, run_id: str) -> pd.DataFrame | str:
     """A job's history.csv as numbers, or why it cannot be read (a truncated or damaged file
     gives no curve, and the table says so)."""
-    import pandas as pd  # only when a table is made: a run stays light
+    import pandas as pd
 
     if not path.exists():
         return pd.DataFrame()
@@ -127,7 +161,7 @@ def read_curve(path: Path, run_id: str) -> pd.DataFrame | str:
 def load_sweep(sweep_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows and per-epoch curves of every job under ``sweep_dir``. What could not be read is
     listed in ``runs.attrs["notes"]``."""
-    import pandas as pd  # only when a table is made: a run stays light
+    import pandas as pd
 
     sweep_dir = Path(sweep_dir)
     rows, curves, notes = [], [], []
@@ -158,7 +192,7 @@ def frame_from_wandb_runs(runs: Iterable[Any]) -> tuple[pd.DataFrame, pd.DataFra
     """The adapter from W&B run objects (config, summary, tags, history) to the table's
     schema. The summary holds the run record's summary; the tags hold the job's overrides;
     per-epoch metrics are logged under the history's own names."""
-    import pandas as pd  # only when a table is made: a run stays light
+    import pandas as pd
 
     rows, curves = [], []
     for run in runs:

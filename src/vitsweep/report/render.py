@@ -6,18 +6,16 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from vitsweep.report.aggregate import (
-    per_class,
-)
+from vitsweep.report.aggregate import per_class
 from vitsweep.report.columns import Column, columns
 from vitsweep.report.plots import short
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas is imported where a table is made: a run stays light
     import pandas as pd
 
 
 def missing(value: Any) -> bool:
-    import pandas as pd  # only when a table is made: a run stays light
+    import pandas as pd
 
     return value is None or (not isinstance(value, str | dict | list) and bool(pd.isna(value)))
 
@@ -58,7 +56,7 @@ def _p_value(p: float) -> str:
 
 def _difference(row: pd.Series) -> tuple[str, str]:
     """The Δ and p cells of a row."""
-    import pandas as pd  # only when a table is made: a run stays light
+    import pandas as pd
 
     if row["baseline"]:
         return "baseline", ""
@@ -98,7 +96,7 @@ def to_markdown(table: pd.DataFrame, keys: list[str], headline: bool = False) ->
     """The table as markdown: the varying choices first (they name the rows), then the model
     and the measurements (for ``headline``, the few that matter most), then how sure the
     accuracy is, at the table's own confidence."""
-    import pandas as pd  # only when a table is made: a run stays light
+    import pandas as pd
 
     rows = [row for _, row in table.iterrows()]
     cells = {key: [_override_cell(row.get(f"override:{key}")) for row in rows] for key in keys}
@@ -160,15 +158,22 @@ def notes_text(table: pd.DataFrame) -> str:
 
 def per_class_text(runs: pd.DataFrame, table: pd.DataFrame, most: int = 20) -> str:
     """Rows × classes: each row's top-1 per class (mean over its seeds), for up to ``most``
-    classes."""
-    import pandas as pd  # only when a table is made: a run stays light
+    classes (more are in per_class.csv, and this says so); classes without a test image are
+    named."""
+    import pandas as pd
 
     frame = per_class(runs, table)
-    if frame.empty or not 0 < frame.shape[1] <= most:
+    if frame.empty or not frame.shape[1]:
         return ""
+    untested = [str(c) for c in frame.columns if frame[c].isna().all()]
+    said = f"Classes with no test image, so no top-1: {', '.join(untested)}.\n" if untested else ""
+    if frame.shape[1] > most:
+        return (
+            f"Top-1 % per class: {frame.shape[1]} classes, too many to show here; every row's "
+            f"are in per_class.csv.\n{said}"
+        )
     cells = frame.map(lambda v: "—" if pd.isna(v) else f"{v:.2f}")
     cells.insert(0, "row", [short(label) for label in frame.index])
     markdown = cells.to_markdown(index=False, disable_numparse=True)
-    return (
-        f"Top-1 % per class (at each run's best epoch, mean over the row's seeds):\n\n{markdown}\n"
-    )
+    heading = "Top-1 % per class (at each run's best epoch, mean over the row's seeds):"
+    return f"{heading}\n\n{markdown}\n" + (f"\n{said}" if said else "")

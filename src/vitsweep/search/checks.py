@@ -8,20 +8,18 @@ from typing import Any
 from vitsweep.config import compose_job, plain
 from vitsweep.errors import ConfigError, first_line, require
 from vitsweep.job import check
-from vitsweep.search.study import open_study, search_settings
+from vitsweep.search.study import check_study_agrees, find_study, search_settings
 from vitsweep.search.worker import base_overrides
 
 
 def check_search(config: dict[str, Any], overrides: list[str], sweep_dir: Path) -> None:
-    """Everything a search can be refused for, before any trial. ``config``: the sweep's
-    (plain), ``overrides``: its command line."""
+    """Everything a search can be refused for, before any trial, creating nothing.
+    ``config``: the sweep's (plain), ``overrides``: its command line."""
     settings = search_settings(config["search"])
-    require(
-        not config.get("dry_run"),
-        "dry_run",
-        True,
-        "false in a search: its trials are drawn as it goes, there is no grid to list",
-    )
+    require(not config.get("dry_run"), "dry_run", True, "false in a search: its trials are "
+            "drawn as it goes, there is no grid to list")  # fmt: skip
+    epochs = (config.get("trainer") or {}).get("epochs", 1)
+    require(epochs != 0, "trainer.epochs", epochs, "at least 1 in a search: it trains trials")
     fraction = (config.get("data") or {}).get("val_fraction", 0)
     require(
         bool(fraction) and fraction > 0,
@@ -38,8 +36,8 @@ def check_search(config: dict[str, Any], overrides: list[str], sweep_dir: Path) 
                 f"search.space: {' '.join(trial_overrides)} cannot be composed ({first_line(err)})"
             ) from None
         check(plain(cfg) | {"choices": choices})
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    open_study(settings, sweep_dir, str(config["sweep_name"]))
+    study = find_study(settings, sweep_dir, str(config["sweep_name"]))
+    check_study_agrees(study, sweep_dir)
 
 
 def sample_points(space: dict[str, dict[str, Any]]) -> list[list[str]]:

@@ -63,13 +63,28 @@ def open_storage(url: str, heartbeat_s: int) -> Any:
     )
 
 
-def build_sampler(settings: SearchSettings) -> Any:
+def build_sampler(settings: SearchSettings, earlier: int = 0) -> Any:
+    """The worker's sampler. Workers draw with seeds of their own (``sampler_seed + worker``);
+    a search resumed after ``earlier`` trials draws from a seed of its own too, so that it
+    goes on from where the study is instead of proposing its first trials again."""
+    import numpy as np
     import optuna
 
-    seed = settings.sampler_seed + settings.worker  # workers must not all draw the same points
+    seed = settings.sampler_seed + settings.worker
+    if earlier:
+        seed = int(np.random.SeedSequence([seed, earlier]).generate_state(1)[0])
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+def reseed(study: Any, settings: SearchSettings, started: float) -> None:
+    """Give a worker of a resumed search a sampler seeded by the trials of the sweep's earlier
+    runs (those that began before ``started``, when this run of the sweep began)."""
+    trials = study.get_trials(deepcopy=False)
+    earlier = sum(1 for t in trials if t.datetime_start and t.datetime_start.timestamp() < started)
+    if earlier:
+        study.sampler = build_sampler(settings, earlier)
 
 
 def build_pruner(settings: SearchSettings) -> Any:
@@ -104,6 +119,59 @@ def count_trials(study: Any) -> int:
     return sum(
         1 for t in trials if t.state in live or (t.state == failed and t.number not in retried)
     )
+
+
+def find_study(settings: SearchSettings, sweep_dir: Path, name: str) -> Any | None:
+    """The sweep's study if its storage already holds one, never creating anything (a new
+    search's study is made by its first worker, once the sweep is claimed)."""
+    import optuna
+
+    url = storage_url(settings, sweep_dir)
+    local = url.removeprefix("journal:") if url.startswith("journal:") else None
+    if settings.storage is None:
+        local = str(Path(sweep_dir) / "study.db")
+    if local is not None and not Path(local).exists():
+        return None
+    try:
+        storage = open_storage(url, settings.heartbeat_s)
+        names = optuna.study.get_all_study_names(storage)
+        return optuna.load_study(study_name=name, storage=storage) if name in names else None
+    except Exception as err:
+        raise ConfigError(f"search.storage={url}: cannot be opened ({first_line(err)})") from None
+
+
+def check_study_agrees(study: Any, sweep_dir: Path) -> None:
+    """A study and the sweep directory's trial records tell one story: refused in one line
+    when the directory holds trials the study does not know (its storage replaced), or the
+    study holds finished trials whose records are gone (the directory removed), since a
+    search would then report or count numbers no run here trained."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False) if study is not None else []
+    known = {t.number for t in trials}
+    records = sorted(
+        int(p.name.removeprefix("trial_"))
+        for p in Path(sweep_dir).glob("trial_*")
+        if p.name.removeprefix("trial_").isdigit() and any(p.glob("*.json"))
+    )
+    if strays := [n for n in records if n not in known]:
+        shown = ", ".join(f"trial_{n}" for n in strays[:3]) + (", ..." if len(strays) > 3 else "")
+        raise ConfigError(
+            f"{sweep_dir} holds records of trials its study does not know ({shown}): the "
+            "study's storage was replaced or deleted; restore it, or choose another sweep_name"
+        )
+    retried, finished = retried_numbers(trials), (TrialState.COMPLETE, TrialState.PRUNED)
+    lost = [
+        t.number
+        for t in trials
+        if t.state in finished and t.number not in retried and t.number not in records
+    ]
+    if lost:
+        shown = ", ".join(f"trial_{n}" for n in lost[:3]) + (", ..." if len(lost) > 3 else "")
+        raise ConfigError(
+            f"the study {study.study_name} holds {len(lost)} finished trials whose records are "
+            f"not in {sweep_dir} ({shown}): restore them, or choose another sweep_name"
+        )
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

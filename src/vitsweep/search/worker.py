@@ -2,25 +2,37 @@
 ordinary run (``vitsweep.job.run_job``) in ``multirun/<sweep>/trial_<n>/``, its validation
 top-1 told to the pruner after every evaluated epoch (``PruneTrial``, a training hook)."""
 
+import contextlib
+import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vitsweep.config import compose_job, override_key, plain
-from vitsweep.errors import Pruned
+from vitsweep.errors import ConfigError, Pruned
+from vitsweep.hooks import Hook
 from vitsweep.job import JobInfo, run_job
-from vitsweep.search.study import count_trials, open_study, retry_stale, search_settings
+from vitsweep.search.study import (
+    count_trials,
+    open_study,
+    reseed,
+    retry_stale,
+    search_settings,
+)
 from vitsweep.settings import SearchSettings
 
 SWEEP_STARTED = "VITSWEEP_SWEEP_STARTED"  # when this run of the sweep began (a resume's cut)
 
 
 def base_overrides(overrides: list[str], space: dict[str, Any]) -> list[str]:
-    """The sweep's own overrides, less the worker's number and what the space sets."""
-    keys = {k.lstrip("+~") for k in space} | {"search.worker"}
-    return [o for o in overrides if override_key(o) not in keys]
+    """The sweep's own overrides, less what the space sets and the search's own settings
+    (``search.trials=40``: how the search runs, not what a trial trains)."""
+    keys = {k.lstrip("+~") for k in space}
+    kept = [o for o in overrides if override_key(o) not in keys]
+    return [o for o in kept if not override_key(o).startswith("search.")]
 
 
 def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> list[str]:
@@ -44,18 +56,12 @@ class TrialFailed(RuntimeError):
     """The trial's run failed or diverged: Optuna records it as failed, the search goes on."""
 
 
-class PruneTrial:
+class PruneTrial(Hook):
     """A training hook: each evaluated epoch's validation top-1 told to the trial, which the
     pruner may stop (``Pruned``) after its ``startup_epochs`` and before its last epoch."""
 
     def __init__(self, trial: Any, startup_epochs: int, epochs: int) -> None:
         self.trial, self.startup_epochs, self.epochs = trial, startup_epochs, epochs
-
-    def on_resume(self, history: list[dict[str, Any]]) -> None:
-        pass
-
-    def on_step(self, metrics: dict[str, float], step: int) -> None:
-        pass
 
     def on_epoch(self, row: dict[str, Any], step: int, training: Any) -> None:
         if row.get("val_acc") is None:
@@ -84,10 +90,35 @@ def run_worker(config: dict[str, Any], job: JobInfo) -> None:
     settings = search_settings(config["search"])
     worker = Worker(settings, base_overrides(list(job.overrides), settings.space), job)
     study = open_study(settings, worker.sweep_dir, str(job.sweep_name))
+    started = float(os.environ.get(SWEEP_STARTED, time.time()))
+    reseed(study, settings, started)  # a resumed search draws on, not its first trials again
     if (config.get("trainer") or {}).get("resume") and settings.worker == 0:
-        retry_stale(study, float(os.environ.get(SWEEP_STARTED, time.time())), worker.sweep_dir)
-    while count_trials(study) < settings.trials:
-        study.optimize(lambda trial: run_trial(trial, worker), n_trials=1, catch=(TrialFailed,))
+        retry_stale(study, started, worker.sweep_dir)
+    with failed_trials_in_one_line():
+        while count_trials(study) < settings.trials:
+            study.optimize(lambda t: run_trial(t, worker), n_trials=1, catch=(TrialFailed,))
+
+
+class OneLine(logging.Filter):
+    """Optuna's warning about a failed trial without its traceback: the trial's own run said
+    why in its line and its record; a bug still shows its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
+            record.exc_info = None
+        return True
+
+
+@contextlib.contextmanager
+def failed_trials_in_one_line() -> Iterator[None]:
+    handlers, one_line = logging.getLogger("optuna").handlers, OneLine()
+    for handler in handlers:  # where Optuna writes its own lines
+        handler.addFilter(one_line)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(one_line)
 
 
 def retried_from(trial: Any) -> int | None:
@@ -104,17 +135,30 @@ def run_trial(trial: Any, worker: Worker) -> float:
     value is that run's own result, never a record read back from a file."""
     import optuna
 
-    overrides = [*worker.base, *suggest(trial, worker.settings.space)]
+    # the trial's number is one of its overrides: trials that draw one point are two rows
+    overrides = [
+        *worker.base,
+        f"search.trial={trial.number}",
+        *suggest(trial, worker.settings.space),
+    ]
     run_dir = worker.sweep_dir / f"trial_{trial.number}"
     source = retried_from(trial)
     if source is not None and (worker.sweep_dir / f"trial_{source}").is_dir():
         (worker.sweep_dir / f"trial_{source}").rename(run_dir)  # its record goes on, not twice
         overrides.append("trainer.resume=true")
-    cfg, choices = compose_job(overrides)
-    config = plain(cfg)
-    job = worker.job
+    try:  # a trial whose config cannot be composed is a failed trial, as its run would be
+        cfg, choices = compose_job(overrides)
+        config = plain(cfg)
+    except ConfigError as err:
+        raise TrialFailed(f"trial {trial.number}: {err}") from None
     trial_job = JobInfo(
-        run_dir, True, choices, overrides, f"trial {trial.number}", job.sweep_name, job.num
+        run_dir=run_dir,
+        multirun=True,
+        choices=choices,
+        overrides=overrides,
+        name=f"trial {trial.number}",
+        sweep_name=worker.job.sweep_name,
+        num=worker.job.num,
     )
     prune = PruneTrial(trial, worker.settings.startup_epochs, int(config["trainer"]["epochs"]))
     result = run_job(config, trial_job, hooks=[prune])
