@@ -2,13 +2,15 @@
 
     python src/report.py multirun/my_sweep                        # -> results/my_sweep/
     python src/report.py --wandb ENTITY/PROJECT --group GROUP     # -> results/GROUP/
-    python src/report.py --reproduce results/my_sweep [--rows 1,2] [--seeds 0,1]
-                                                    # -> results/my_sweep-reproduced/
+    python src/report.py --reproduce results/my_sweep [--rows 1,2] [--seeds 0,1] [--name NAME]
+                                                    # -> results/my_sweep-reproduced/ (or NAME)
 
 The first two write comparison.md, comparison.csv, manifest.json and the plots, from one
 schema; the results folder is named after the sweep's ``sweep_name`` (kept in its records), as
 at the end of the sweep. ``--reproduce`` trains the rows again from the manifest and writes
-reproduction.md beside the new table.
+reproduction.md beside the new table; it is named after the folder reproduced, never
+overwrites an earlier reproduction (``--name`` starts another, ``--resume`` finishes a stopped
+one).
 """
 
 import argparse
@@ -55,7 +57,7 @@ def numbers(text: str) -> list[int]:
 def reproduce(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        out_dir = rerun(args.reproduce, args.rows, args.seeds, args.results, args.resume)
+        out_dir = rerun(args.reproduce, args.rows, args.seeds, args.results, args.resume, args.name)
     except ConfigError as err:
         return exit_code_of(err)
     print((out_dir / "reproduction.md").read_text())
@@ -75,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", nargs="?", type=Path, help="a multirun directory")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead")
     parser.add_argument("--group", help="the W&B group (the sweep's name)")
-    parser.add_argument("--name", help="the results folder's name (default: the sweep's)")
+    parser.add_argument(
+        "--name",
+        help="the results folder's name (default: the sweep's); with --reproduce, the "
+        "reproduction's (default: <folder>-reproduced)",
+    )
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--baseline", help="the row to compare with: its number or choices")
     parser.add_argument("--confidence", type=float, default=0.95, help="of the intervals")
@@ -87,10 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rows", type=numbers, help="with --reproduce: row numbers, e.g. 1,3")
     parser.add_argument("--seeds", type=numbers, help="with --reproduce: seeds, e.g. 0,1")
-    parser.add_argument("--resume", action="store_true", help="finish a stopped reproduction")
+    parser.add_argument(
+        "--resume", action="store_true", help="with --reproduce: finish a stopped reproduction"
+    )
     args = parser.parse_args(argv)
     if args.reproduce:
         return reproduce(args)
+    for flag, given in (("--rows", args.rows), ("--seeds", args.seeds), ("--resume", args.resume)):
+        if given:  # never ignored in silence: a table rebuilt is not a reproduction
+            parser.error(f"{flag} goes with --reproduce RESULTS_DIR")
     if not 0 < args.confidence < 1:
         parser.error(f"--confidence must be in (0, 1), got {args.confidence}")
 

@@ -62,3 +62,17 @@ def signal_after_epoch(monkeypatch, request):
         monkeypatch.setattr(RunRecord, "end_epoch", end_epoch_then_signal)
 
     return arm
+
+
+@pytest.fixture
+def no_plots(request, monkeypatch):
+    """Sweeps write their tables without drawing (most of a small sweep's report time); for
+    tests whose point is not the figures, which have tests of their own (``@pytest.mark.plots``
+    keeps them drawn)."""
+    if request.node.get_closest_marker("plots"):
+        return
+    import vitsweep.report.pipeline
+    import vitsweep.search.summary
+
+    monkeypatch.setattr(vitsweep.report.pipeline, "draw", lambda *args, **kwargs: None)
+    monkeypatch.setattr(vitsweep.search.summary, "write_plots", lambda *args, **kwargs: None)

@@ -15,6 +15,8 @@ from vitsweep.device import resolve_device
 from vitsweep.errors import ConfigError
 from vitsweep.job import build
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # figures: tests of their own
+
 OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 
 

@@ -9,11 +9,14 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.helpers import TINY
 from vitsweep.record import RunRecord
 from vitsweep.report import comparison_table, load_sweep, row_from_run
 from vitsweep.report.render import per_class_text
+
+pytestmark = pytest.mark.usefixtures("no_plots")  # figures: tests of their own
 
 SMALL = [*TINY, "model.dim=32", "trainer.epochs=1", "trainer.progress=false"]
 
@@ -103,3 +106,37 @@ def test_a_run_log_on_a_full_disk_is_given_up_without_a_traceback(tmp_path: Path
     logging.getLogger("vitsweep.test").warning("a line that cannot be written")
     record.release()  # closing the log again must not raise
     assert record.log_handler is None and not (tmp_path / ".summary.json.tmp").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("status", 5),
+        ("best_test_acc", "0.9"),
+        ("epochs_done", "two"),
+        ("params", True),
+        ("per_class_top1", [1, 2]),
+        ("classes", {"a": 1}),
+        ("confusion", [[1, 2], [3]]),
+        ("device", ["cpu"]),
+        ("data_fingerprint", 7),
+    ],
+)
+def test_any_damaged_value_makes_its_run_unreadable_and_is_named(key, value):
+    summary = {"status": "completed", "best_test_acc": 0.5, "params": 10, key: value}
+    row = row_from_run({"seed": 0}, summary, ["seed=0"], "0")
+    assert row["status"] == "unreadable"
+    assert f"={value!r}" in row["error"]
+    whole = row_from_run({"seed": 0}, {"status": "completed", "best_test_acc": 0.5}, [], "1")
+    assert whole["status"] == "completed" and whole["error"] is None
+
+
+def test_a_subset_that_leaves_classes_out_of_training_says_so(caplog):
+    from vitsweep.config import compose_config
+    from vitsweep.data import load_splits
+    from vitsweep.settings import DataSettings
+
+    data = DataSettings(**compose_config(["data=digits", "data.subset=5"]).data)
+    with caplog.at_level(logging.WARNING):
+        load_splits(data)
+    assert "data.subset=5 keeps no training image of class 1, 2, 6" in caplog.text

@@ -16,6 +16,8 @@ from tests.helpers import (
 )
 from vitsweep.config import CONF_DIR, options
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # figures: tests of their own
+
 MODULE = '''
 import torch
 

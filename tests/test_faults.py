@@ -19,6 +19,8 @@ from vitsweep.errors import ConfigError
 from vitsweep.record import RunRecord
 from vitsweep.report import comparison_table, load_sweep, row_from_run, to_markdown
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # figures: tests of their own
+
 END_EPOCH = RunRecord.end_epoch
 SMALL = [*TINY, "model.dim=32", "trainer.epochs=1", "trainer.progress=false"]
 
@@ -61,6 +63,7 @@ def test_a_seed_only_sweep_is_one_row_with_its_interval(cli, tmp_path):
 # 2. Histories with gaps (eval_interval) or damage still give the table and every plot.
 
 
+@pytest.mark.plots
 def test_a_sweep_with_eval_interval_writes_its_table_and_plots(cli, tmp_path):
     result = cli(
         "-m",
@@ -77,6 +80,7 @@ def test_a_sweep_with_eval_interval_writes_its_table_and_plots(cli, tmp_path):
     assert list(_table(tmp_path, "gaps")["status"]) == ["completed", "completed"]
 
 
+@pytest.mark.plots
 def test_a_truncated_history_is_a_note_and_the_table_is_built(tmp_path, monkeypatch, capsys):
     from report import main as report_main
 
@@ -435,6 +439,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # about 20 s: two joblib workers in processes of their own, then a kill -9
 def test_killing_a_joblib_sweeps_main_process_stops_its_workers(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = [

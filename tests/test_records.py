@@ -21,6 +21,8 @@ from vitsweep.files import DirectoryLock
 from vitsweep.record import RunRecord
 from vitsweep.sweep import claim_sweep
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # figures: tests of their own
+
 END_EPOCH = RunRecord.end_epoch
 # Long enough to be caught mid-run: 30 short epochs of a small model (about 0.15 s each).
 EPOCHS = 30

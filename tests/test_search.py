@@ -17,6 +17,8 @@ import yaml
 
 from tests.helpers import RUN, TINY, invoke
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # figures: tests of their own
+
 SEARCH = [
     "-m",
     "search=optuna",
@@ -43,6 +45,7 @@ def _one_error_line(result, *needles):
         assert needle in lines[0], lines[0]
 
 
+@pytest.mark.plots
 def test_a_search_runs_its_trials_as_runs_prunes_and_ends_in_its_table(cli, tmp_path):
     result = cli(*SEARCH, "search.trials=5", "search.pruner=asha")
     assert result.returncode == 0, result.stderr

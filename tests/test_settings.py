@@ -18,7 +18,7 @@ from vitsweep.settings import (
 # The top level's own settings with a default in RunConfig that the YAML does not repeat:
 # the groups' choices and a sweep's name (the YAML's is a time stamp).
 RUN_OWN = ("logger", "sweep_name", "report", "search")
-DATA_OWN = ("channels", "num_classes", "mean", "std")  # each data set says its own
+DATA_OWN = ("root", "channels", "num_classes", "mean", "std")  # each data set says its own
 
 
 def defaults(settings: type) -> dict:

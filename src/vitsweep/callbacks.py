@@ -14,7 +14,6 @@ import atexit
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -246,21 +245,14 @@ class ClaimDirectories(Callback):
 
 
 def check_results_place(out_dir: Path) -> None:
-    """The sweep's table can be written where it goes: refused before any job trains when the
-    results folder, or a folder above it, is a file, or cannot be written."""
+    """The sweep's table can go where it goes: refused before any job trains when the results
+    folder, or a folder above it, is a file."""
     existing = next(place for place in (out_dir, *out_dir.parents) if place.exists())
     if not existing.is_dir():
         raise ConfigError(
             f"{existing} is a file, where the sweep's table would go ({out_dir}/): move it, "
             "or choose another sweep_name"
         )
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise ConfigError(
-            f"cannot write the sweep's table into {existing}: {err.strerror}"
-        ) from None
 
 
 def results_root(config: DictConfig) -> Path:

@@ -35,6 +35,13 @@ def grid_change(earlier: dict[str, Any], grid: dict[str, Any]) -> str:
         added = [o for o in new if o not in old]
         changes += [f"without {' '.join(gone)}"] if gone else []
         changes += [f"with {' '.join(added)}"] if added else []
+    old_search, new_search = earlier.get("search") or {}, grid.get("search") or {}
+    changed = [
+        k
+        for k in dict.fromkeys([*old_search, *new_search])
+        if old_search.get(k) != new_search.get(k)
+    ]
+    changes += [f"search.{k}={new_search.get(k)} (was {old_search.get(k)})" for k in changed]
     return "; ".join(changes) or "another grid"
 
 
@@ -46,14 +53,32 @@ def _git(repo: Path, *args: str) -> str:
 
 def harness_state(repo: Path) -> dict[str, Any]:
     """The harness's commit, whether src/ or conf/ differ from it, and a hash of that
-    difference (so that two runs of one dirty tree can still be told apart)."""
+    difference (so that two runs of one dirty tree can still be told apart). Files under src/
+    or conf/ that git does not track (and does not ignore) differ from the commit too: a new
+    experiment file is named in ``untracked``, and its content is in the hash."""
     try:
         commit = _git(repo, "rev-parse", "HEAD").strip()
         diff = _git(repo, "diff", "HEAD", "--", "src", "conf")
+        listed = _git(repo, "ls-files", "--others", "--exclude-standard", "-z", "--", "src", "conf")
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None, "diff_sha256": None}
-    digest = hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None
-    return {"commit": commit, "dirty": bool(diff), "diff_sha256": digest}
+        return {"commit": None, "dirty": None, "diff_sha256": None, "untracked": None}
+    untracked = sorted(name for name in listed.split("\0") if name)
+    digest = hashlib.sha256(diff.encode())  # a tracked diff alone hashes as it always has
+    for name in untracked:
+        digest.update(b"\0untracked\0" + name.encode() + b"\0")
+        try:
+            with open(Path(repo) / name, "rb") as file:
+                for chunk in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError:
+            digest.update(b"\0unreadable\0")
+    dirty = bool(diff or untracked)
+    return {
+        "commit": commit,
+        "dirty": dirty,
+        "diff_sha256": digest.hexdigest()[:16] if dirty else None,
+        "untracked": untracked,
+    }
 
 
 def git_commit(harness: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ settings leave them null, and the fingerprint that says which data a run saw."""
 
 import dataclasses
 import hashlib
+import logging
 from typing import Any, NamedTuple
 
 import torch
@@ -12,6 +13,8 @@ from hydra.utils import instantiate
 from vitsweep.data.sets import ImageSet, stratified_split
 from vitsweep.errors import ConfigError, require
 from vitsweep.settings import DataSettings
+
+log = logging.getLogger(__name__)
 
 
 class Splits(NamedTuple):
@@ -30,6 +33,7 @@ def load_splits(data: DataSettings) -> Splits:
     ``val_fraction``, a validation split carved out of the training one: that fraction of
     every class, the same images for every run (a fixed seed), never trained on."""
     train, test = (s.head(data.subset) for s in instantiate(data.source))
+    warn_of_untrained_classes(train, test, data.subset)
     if not data.val_fraction:
         return Splits(train, test)
     kept, held = stratified_split(train.labels, data.val_fraction, seed=0)
@@ -41,13 +45,30 @@ def load_splits(data: DataSettings) -> Splits:
     )
     lost = sorted(set(train.labels[held].tolist()) - set(train.labels[kept].tolist()))
     if lost:  # every image of these classes would be held out: the model never sees one
-        names = [train.classes[c] if train.classes else str(c) for c in lost]
+        names = class_names(train, lost)
         few = f" (data.subset={data.subset} keeps few of them)" if data.subset else ""
         raise ConfigError(
             f"data.val_fraction={data.val_fraction} holds out every training image of class "
             f"{', '.join(names)}{few}: lower it, or keep more images"
         )
     return Splits(train.take(kept), test, train.take(held))
+
+
+def class_names(images: ImageSet, labels: list[int]) -> list[str]:
+    return [images.classes[c] if images.classes else str(c) for c in labels]
+
+
+def warn_of_untrained_classes(train: ImageSet, test: ImageSet, subset: int | None) -> None:
+    """Said in the log when the training split has no image of a class the test split has (a
+    small ``data.subset``): the model is scored on classes it never saw."""
+    unseen = sorted(set(test.labels.tolist()) - set(train.labels.tolist()))
+    if unseen:
+        kept = f"data.subset={subset} keeps" if subset else "the training split has"
+        log.warning(
+            "%s no training image of class %s: the test scores it all the same",
+            kept,
+            ", ".join(class_names(test, unseen)),
+        )
 
 
 def complete_settings(data: DataSettings, train: ImageSet) -> DataSettings:

@@ -117,17 +117,19 @@ def aggregate(runs: pd.DataFrame, keys: list[str], confidence: float) -> pd.Data
 
 
 def per_class(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """Each row's top-1 per class (%, mean over its completed seeds): rows × classes."""
+    """Each row's top-1 per class (%, mean over its completed seeds): rows × classes, every
+    class named by a run (one without a test image: NaN)."""
     import pandas as pd
 
     labels = label_runs(runs, list(table.attrs.get("keys", [])))
     done = runs["status"].isin(DONE)
-    means = {
-        label: mean_by_key(group["per_class_top1"])
-        for label, group in runs[done].groupby(labels[done], sort=False)
-    }
+    means = {}
+    for label, group in runs[done].groupby(labels[done], sort=False):
+        seeds = pd.DataFrame([v for v in group["per_class_top1"] if isinstance(v, dict)])
+        # a class with no test image has no top-1 (null): kept as a column, named by render
+        means[label] = seeds.astype(float).mean(skipna=True).to_dict() if len(seeds) else {}
     rows = [means.get(label, {}) for label in table["label"]]
-    return pd.DataFrame(rows, index=list(table["label"])).mul(100)
+    return pd.DataFrame(rows, index=list(table["label"]), dtype=float).mul(100)
 
 
 def summed_confusion(runs: pd.DataFrame, label: str, keys: list[str]) -> np.ndarray | None:

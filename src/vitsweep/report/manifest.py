@@ -1,6 +1,7 @@
 """manifest.json: what a reproduction needs of a sweep's table. Per row its overrides (less
-the seed), seeds, runs and per-seed best top-1; for the sweep the harness commit and its state,
-the versions, the device and the data fingerprints."""
+the seed), seeds, runs, per-seed best top-1, and how each seed's run ended (its status and the
+epochs it trained); for the sweep the harness commit and its state, the versions, the device
+and the data fingerprints."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ if TYPE_CHECKING:
 
 
 def manifest(runs: pd.DataFrame, table: pd.DataFrame, sweep: dict[str, Any]) -> dict[str, Any]:
-    """What a reproduction needs: per row its overrides (less the seed), seeds, runs and
-    per-seed best top-1; for the sweep the harness commit and its state, versions, device
-    and data fingerprints."""
+    """What a reproduction needs: per row its overrides (less the seed), seeds, runs, and per
+    seed its best top-1, status and epochs trained; for the sweep the harness commit and its
+    state, versions, device and data fingerprints."""
     labels = label_runs(runs, list(table.attrs.get("keys", [])))
 
     def distinct(frame: pd.DataFrame, column: str) -> list[str]:
@@ -28,6 +29,7 @@ def manifest(runs: pd.DataFrame, table: pd.DataFrame, sweep: dict[str, Any]) -> 
         group = runs[labels == row["label"]]
         seeds = sorted({int(s) for s in group["seed"].dropna()})
         first = next(iter(group["overrides"]), [])
+        ended = _by_seed(group)
         rows.append(
             {
                 "label": row["label"],
@@ -39,6 +41,8 @@ def manifest(runs: pd.DataFrame, table: pd.DataFrame, sweep: dict[str, Any]) -> 
                 "low": _number(row["best_top1_low"]),
                 "high": _number(row["best_top1_high"]),
                 "n": int(row["n"]),
+                "status": {key: str(run["status"]) for key, run in ended.items()},
+                "epochs": {key: _count(run.get("epochs_done")) for key, run in ended.items()},
                 "data_fingerprint": distinct(group, "data_fingerprint"),
             }
         )
@@ -55,5 +59,17 @@ def manifest(runs: pd.DataFrame, table: pd.DataFrame, sweep: dict[str, Any]) -> 
     }
 
 
+def _by_seed(group: pd.DataFrame) -> dict[str, Any]:
+    """A row's runs keyed as its per-seed best top-1 is: by seed, or by run where a seed ran
+    twice."""
+    seeds = group["seed"].fillna(-1).astype(int)
+    keys = seeds if seeds.is_unique else group["run"]
+    return {str(key): run for key, (_, run) in zip(keys, group.iterrows())}
+
+
 def _number(value: Any) -> float | None:
     return None if missing(value) else float(value)
+
+
+def _count(value: Any) -> int | None:
+    return None if missing(value) else int(value)

@@ -87,6 +87,8 @@ def shapes(row: Mapping[str, Any]) -> dict[str, bool]:
         "per_class_top1": per_class is None
         or (isinstance(per_class, Mapping) and all(map(is_number_or_none, per_class.values()))),
         "train_images": row["train_images"] is None or _count(row["train_images"]),
+        "status": _text(row["status"]),
+        "data_fingerprint": row["data_fingerprint"] is None or _text(row["data_fingerprint"]),
     }
 
 
