@@ -283,3 +283,15 @@ def test_a_failed_trial_is_one_line_not_a_traceback(cli, tmp_path, monkeypatch):
     assert "Traceback" not in result.stdout + result.stderr
     assert "diverged: non-finite loss at step 3" in result.stderr
     assert [t.state.name for t in _study(tmp_path).trials] == ["FAIL"]
+
+
+def test_rule_a_trials_value_is_the_run_that_trained_with_its_parameters(two_trials):
+    study = _study(two_trials)
+    for trial in study.trials:
+        run = two_trials / trial.user_attrs["run_dir"]
+        summary = json.loads((run / "summary.json").read_text())
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert trial.value == summary["best_val_acc"]  # never another record's number
+        assert config["optim"]["lr"] == pytest.approx(trial.params["optim.lr"])
+        assert config["choices"]["attention"] == trial.params["attention"]
+        assert config["search"]["trial"] == trial.number

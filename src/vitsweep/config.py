@@ -58,21 +58,28 @@ def without_hydra(cfg: DictConfig) -> DictConfig:
 
 
 def compose_config(overrides: Iterable[str] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
-    """The config ``src/run.py`` would run with these overrides (without Hydra's own part)."""
-    return compose_job(overrides, conf_dir)[0]
+    """The config ``src/run.py`` would run with these overrides (without Hydra's own part), as
+    Hydra's own object: for entry points and tests that build parts from its nodes."""
+    return without_hydra(_compose(overrides, conf_dir))
 
 
-def compose_job(overrides: Iterable[str], conf_dir: Path = CONF_DIR) -> tuple[DictConfig, dict]:
-    """A job's config as ``src/run.py`` composes it (without Hydra's own node) and its group
-    choices: from inside a running Hydra app (a search worker) through its own config loader,
-    elsewhere (a reproduction) through Hydra's compose API."""
+def compose_job(
+    overrides: Iterable[str], conf_dir: Path = CONF_DIR
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A job's config as ``src/run.py`` runs it, as plain data (every interpolation resolved:
+    one that cannot be is a ConfigError), and its group choices."""
+    cfg = _compose(overrides, conf_dir)
+    return plain(without_hydra(cfg)), choices_of(cfg.hydra.runtime.choices)
+
+
+def _compose(overrides: Iterable[str], conf_dir: Path) -> DictConfig:
+    """Composed with Hydra's node: from inside a running Hydra app (a search worker) through
+    its own config loader, elsewhere (a reproduction, a test) through Hydra's compose API."""
     if GlobalHydra.instance().is_initialized():
         loader = GlobalHydra.instance().config_loader()
-        cfg = loader.load_configuration("config", list(overrides), RunMode.RUN)
-    else:
-        with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
-            cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    return without_hydra(cfg), choices_of(cfg.hydra.runtime.choices)
+        return loader.load_configuration("config", list(overrides), RunMode.RUN)
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
 
 
 def compose_sweep_job(sweep_config: DictConfig, overrides: list[str]) -> dict[str, Any]:

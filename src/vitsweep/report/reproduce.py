@@ -25,7 +25,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitsweep.config import compose_job, override_key, plain
+from vitsweep.config import compose_job, override_key
 from vitsweep.data import fingerprint, load_splits
 from vitsweep.errors import ConfigError, first_line
 from vitsweep.files import write_atomic
@@ -201,10 +201,9 @@ def compose_row(row: dict[str, Any], name: str = "check") -> tuple[dict[str, Any
     composes (an option renamed since) or no longer builds (a field gone) is one ConfigError."""
     seed = (row.get("run_seeds") or row["seeds"] or [0])[0]
     try:
-        cfg, choices = compose_job(
+        config, choices = compose_job(
             [*row_key(row["overrides"]), f"seed={seed}", f"sweep_name={name}"]
         )
-        config = plain(cfg)
     except Exception as err:
         raise ConfigError(
             f"row {row['number']}: its overrides no longer compose ({first_line(err)})"
@@ -305,7 +304,7 @@ def run_rows(chosen: list[dict], sweep_dir: Path, name: str, resume: bool) -> No
     ]
     for num, overrides in enumerate(jobs):
         log.info("job %d of %d: %s", num + 1, len(jobs), " ".join(overrides))
-        cfg, choices = compose_job(overrides)
+        config, choices = compose_job(overrides)
         job = JobInfo(
             run_dir=sweep_dir / str(num),
             multirun=True,
@@ -315,7 +314,7 @@ def run_rows(chosen: list[dict], sweep_dir: Path, name: str, resume: bool) -> No
             sweep_name=name,
             num=num,
         )
-        run_job(plain(cfg), job)
+        run_job(config, job)
 
 
 def judge(row: dict[str, Any], again: dict[str, tuple[float, int | None]]) -> str:

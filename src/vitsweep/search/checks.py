@@ -5,7 +5,7 @@ opens."""
 from pathlib import Path
 from typing import Any
 
-from vitsweep.config import compose_job, plain
+from vitsweep.config import compose_job
 from vitsweep.errors import ConfigError, first_line, require
 from vitsweep.job import check
 from vitsweep.search.study import check_study_agrees, find_study, search_settings
@@ -30,12 +30,12 @@ def check_search(config: dict[str, Any], overrides: list[str], sweep_dir: Path) 
     base = base_overrides(overrides, settings.space)
     for trial_overrides in sample_points(settings.space):  # a misspelt choice fails here
         try:
-            cfg, choices = compose_job([*base, *trial_overrides])
+            config, choices = compose_job([*base, *trial_overrides])
         except Exception as err:
             raise ConfigError(
                 f"search.space: {' '.join(trial_overrides)} cannot be composed ({first_line(err)})"
             ) from None
-        check(plain(cfg) | {"choices": choices})
+        check(config | {"choices": choices})
     study = find_study(settings, sweep_dir, str(config["sweep_name"]))
     check_study_agrees(study, sweep_dir)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitsweep.config import compose_job, override_key, plain
+from vitsweep.config import compose_job, override_key
 from vitsweep.errors import ConfigError, Pruned
 from vitsweep.hooks import Hook
 from vitsweep.job import JobInfo, run_job
@@ -147,8 +147,7 @@ def run_trial(trial: Any, worker: Worker) -> float:
         (worker.sweep_dir / f"trial_{source}").rename(run_dir)  # its record goes on, not twice
         overrides.append("trainer.resume=true")
     try:  # a trial whose config cannot be composed is a failed trial, as its run would be
-        cfg, choices = compose_job(overrides)
-        config = plain(cfg)
+        config, choices = compose_job(overrides)
     except ConfigError as err:
         raise TrialFailed(f"trial {trial.number}: {err}") from None
     trial_job = JobInfo(
