@@ -62,21 +62,8 @@ def write_report(
             "no record: not run yet, or deleted"
         )
     table.attrs["headline"] = to_markdown(table, keys, headline=True)
-    text = "\n".join(
-        part
-        for part in [
-            f"# Sweep {out_dir.name}\n\nFrom {source} ({len(runs)} jobs).\n",
-            table.attrs["headline"],
-            how_to_read(table),
-            notes_text(table),
-            "All columns:\n",
-            to_markdown(table, keys),
-            per_class_text(runs, table),
-            footer(runs, curves, sweep),
-        ]
-        if part
-    )
-    write_atomic(out_dir / "comparison.md", text)
+    title = f"# Sweep {out_dir.name}\n\nFrom {source} ({len(runs)} jobs).\n"
+    write_atomic(out_dir / "comparison.md", comparison_text(title, runs, curves, table, sweep))
     kept = table.drop(columns=["per_seed", "overrides", "confusion", "classes", "per_class_top1"])
     write_atomic(out_dir / "comparison.csv", kept.to_csv(index=False))
     if not (classes := per_class(runs, table)).empty:  # every class, however many
@@ -85,6 +72,24 @@ def write_report(
     write_atomic(out_dir / "manifest.json", json.dumps(found, indent=2))
     draw(runs, curves, table, keys, out_dir)
     return table
+
+
+def comparison_text(
+    title: str, runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame, sweep: dict
+) -> str:
+    """comparison.md: the headline, how to read it, the notes, every column, the per-class
+    table and what produced the numbers."""
+    parts = [
+        title,
+        table.attrs["headline"],
+        how_to_read(table),
+        notes_text(table),
+        "All columns:\n",
+        to_markdown(table, list(table.attrs["keys"])),
+        per_class_text(runs, table),
+        footer(runs, curves, sweep),
+    ]
+    return "\n".join(part for part in parts if part)
 
 
 def draw(

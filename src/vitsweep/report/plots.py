@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -94,41 +94,30 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> None:
         if data.empty:
             ax.text(0.5, 0.5, "no completed rows", ha="center", transform=ax.transAxes)
         else:
-            errors = data["best_top1_std"].fillna(0) if "best_top1_std" in data else None
-            ax.errorbar(data[cost], data["best_top1"], yerr=errors, fmt="o", capsize=3)
-            for _, row in data.iterrows():
-                ax.annotate(
-                    short(row["label"]),
-                    (row[cost], row["best_top1"]),
-                    fontsize=8,
-                    textcoords="offset points",
-                    xytext=(5, 4),
-                )
-            best = frontier(list(data[cost]), list(data["best_top1"]))
-            ax.step(
-                data[cost][best],
-                data["best_top1"][best],
-                where="post",
-                color="grey",
-                alpha=0.6,
-                linestyle="--",
-            )
-            ax.scatter(
-                data[cost][best],
-                data["best_top1"][best],
-                s=160,
-                facecolors="none",
-                edgecolors="grey",
-                label="frontier: none cheaper and better",
-            )
-            ax.legend(fontsize=8, loc="lower right")
-            if data[cost].max() > 10 * data[cost].min() > 0:
-                ax.set_xscale("log")
+            draw_cost_panel(ax, data, cost)
         ax.set(xlabel=xlabel, ylabel="best test top-1 (%)")
         ax.grid(True, alpha=0.3)
     fig.suptitle("Accuracy against cost (upper left is better)")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def draw_cost_panel(ax: Any, data: pd.DataFrame, cost: str) -> None:
+    """One cost's panel: each row's best top-1 with its spread, named, and the frontier."""
+    errors = data["best_top1_std"].fillna(0) if "best_top1_std" in data else None
+    ax.errorbar(data[cost], data["best_top1"], yerr=errors, fmt="o", capsize=3)
+    for _, row in data.iterrows():
+        place = (row[cost], row["best_top1"])
+        offset = {"textcoords": "offset points", "xytext": (5, 4)}
+        ax.annotate(short(row["label"]), place, fontsize=8, **offset)
+    best = frontier(list(data[cost]), list(data["best_top1"]))
+    x, y = data[cost][best], data["best_top1"][best]
+    ax.step(x, y, where="post", color="grey", alpha=0.6, linestyle="--")
+    label = "frontier: none cheaper and better"
+    ax.scatter(x, y, s=160, facecolors="none", edgecolors="grey", label=label)
+    ax.legend(fontsize=8, loc="lower right")
+    if data[cost].max() > 10 * data[cost].min() > 0:
+        ax.set_xscale("log")
 
 
 def plot_confusion(panels: list[tuple[str, np.ndarray, list[str]]], path: Path) -> None:

@@ -131,37 +131,42 @@ def plan(
     bad = [n for n in numbers if not 1 <= n <= total]
     if bad:
         raise ConfigError(f"--rows {bad[0]}: the table has rows 1 to {total}")
-    chosen = []
-    for number in numbers:
-        row = found["rows"][number - 1] | {"number": number}
-        named = f"row {number} ({row['label']})"
-        if len(row["runs"]) != len(row["seeds"]):
+    return [plan_row(found, number, seeds, results_dir) for number in numbers]
+
+
+def plan_row(
+    found: dict[str, Any], number: int, seeds: list[int] | None, results_dir: Path | None
+) -> dict[str, Any]:
+    """One row to rerun, with the seeds to run: each one the row had, and whose original run
+    completed with a best top-1 in the manifest."""
+    row = found["rows"][number - 1] | {"number": number}
+    named = f"row {number} ({row['label']})"
+    if len(row["runs"]) != len(row["seeds"]):
+        raise ConfigError(
+            f"{named}: its {len(row['runs'])} runs have {len(row['seeds'])} seeds (a seed "
+            "ran twice, or a run has none): its seeds cannot be told apart; reproduce other "
+            "rows (--rows)"
+        )
+    unknown = [s for s in seeds or [] if s not in row["seeds"]]
+    if unknown:
+        raise ConfigError(
+            f"--seeds {unknown[0]}: {named} has seeds {', '.join(map(str, row['seeds']))} "
+            "only; a reproduction reruns the seeds a row had"
+        )
+    run_seeds = seeds or row["seeds"]
+    status, epochs = ended(row, results_dir, found)
+    for seed in run_seeds:
+        how = status.get(str(seed), "without a result")
+        if how == COMPARED and not isinstance(row["best_top1"].get(str(seed)), int | float):
+            how = "without a best top-1 in the manifest"
+        if how != COMPARED:
+            done = [s for s in row["seeds"] if status.get(str(s)) == COMPARED]
+            instead = f"--seeds {','.join(map(str, done))}" if done else "other --rows"
             raise ConfigError(
-                f"{named}: its {len(row['runs'])} runs have {len(row['seeds'])} seeds (a seed "
-                "ran twice, or a run has none): its seeds cannot be told apart; reproduce other "
-                "rows (--rows)"
+                f"{named}: seed {seed}'s original run ended {how}, not completed, so a "
+                f"rerun of all its epochs cannot be compared with it; choose {instead}"
             )
-        unknown = [s for s in seeds or [] if s not in row["seeds"]]
-        if unknown:
-            raise ConfigError(
-                f"--seeds {unknown[0]}: {named} has seeds {', '.join(map(str, row['seeds']))} "
-                "only; a reproduction reruns the seeds a row had"
-            )
-        run_seeds = seeds or row["seeds"]
-        status, epochs = ended(row, results_dir, found)
-        for seed in run_seeds:
-            how = status.get(str(seed), "without a result")
-            if how == COMPARED and not isinstance(row["best_top1"].get(str(seed)), int | float):
-                how = "without a best top-1 in the manifest"
-            if how != COMPARED:
-                done = [s for s in row["seeds"] if status.get(str(s)) == COMPARED]
-                instead = f"--seeds {','.join(map(str, done))}" if done else "other --rows"
-                raise ConfigError(
-                    f"{named}: seed {seed}'s original run ended {how}, not completed, so a "
-                    f"rerun of all its epochs cannot be compared with it; choose {instead}"
-                )
-        chosen.append(row | {"run_seeds": run_seeds, "status": status, "epochs": epochs})
-    return chosen
+    return row | {"run_seeds": run_seeds, "status": status, "epochs": epochs}
 
 
 def ended(row: dict[str, Any], results_dir: Path | None, found: dict) -> tuple[dict, dict]:
@@ -429,6 +434,17 @@ def reproduction_text(found: dict, chosen: list[dict], results: list[dict], afte
     )
 
 
+def check_commit(results_dir: Path, found: dict[str, Any]) -> None:
+    """The commit that made the table is in this repository (else nothing can say what
+    differs)."""
+    commit = (found.get("harness") or {}).get("commit")
+    if not commit or not commit_exists(ROOT, commit):
+        raise ConfigError(
+            f"{results_dir}: its harness commit {commit} is not in this repository; "
+            "fetch it first, or reproduce in a clone that has it"
+        )
+
+
 def reproduce(
     results_dir: Path,
     rows: list[int] | None = None,
@@ -443,12 +459,7 @@ def reproduce(
     honest."""
     results_dir = Path(results_dir)
     found = read_manifest(results_dir)
-    commit = (found.get("harness") or {}).get("commit")
-    if not commit or not commit_exists(ROOT, commit):
-        raise ConfigError(
-            f"{results_dir}: its harness commit {commit} is not in this repository; "
-            "fetch it first, or reproduce in a clone that has it"
-        )
+    check_commit(results_dir, found)
     chosen = plan(found, rows, seeds, results_dir)
     name = reproduction_name(results_dir, name)
     configs = [compose_row(row, name)[0] for row in chosen]
@@ -463,12 +474,8 @@ def reproduce(
     for row, config in zip(chosen, configs):  # the data last: loading them takes the longest
         check_data(row, config)
     harness = harness_state(ROOT)
-    about = {
-        "name": name,
-        "command": f"python src/report.py --reproduce {results_dir}",
-        "commit": git_commit(harness),
-        "harness": harness,
-    }
+    command = f"python src/report.py --reproduce {results_dir}"
+    about = {"name": name, "command": command, "commit": git_commit(harness), "harness": harness}
     claim_sweep(sweep_dir, grid, resume, about)
     run_rows(chosen, sweep_dir, name, resume)
     runs, curves = load_sweep(sweep_dir)
