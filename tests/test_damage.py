@@ -6,10 +6,12 @@ import errno
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tests.helpers import TINY
 from vitsweep.record import RunRecord
@@ -140,3 +142,53 @@ def test_a_subset_that_leaves_classes_out_of_training_says_so(caplog):
     with caplog.at_level(logging.WARNING):
         load_splits(data)
     assert "data.subset=5 keeps no training image of class 1, 2, 6" in caplog.text
+
+
+def test_a_top1_outside_0_to_100_percent_is_damage_not_a_number():
+    row = row_from_run({"seed": 0}, {"status": "completed", "best_test_acc": 1.7}, [], "0")
+    assert row["status"] == "unreadable" and "best_top1=170.0" in row["error"]
+    per_class = {"status": "completed", "best_test_acc": 0.5, "per_class_top1": {"a": 2.0}}
+    assert row_from_run({"seed": 0}, per_class, [], "1")["status"] == "unreadable"
+
+
+def _two_jobs(tmp_path: Path) -> Path:
+    sweep = tmp_path / "s"
+    for i, (attention, acc) in enumerate([("softmax", 0.5), ("linear", 0.6)]):
+        job = sweep / str(i)
+        job.mkdir(parents=True)
+        config = {
+            "seed": 0,
+            "choices": {"attention": attention},
+            "overrides": [f"attention={attention}"],
+        }
+        (job / "config.yaml").write_text(yaml.safe_dump(config))
+        summary = {"status": "completed", "best_test_acc": acc, "train_s_per_epoch": 1.25 + i}
+        (job / "summary.json").write_text(json.dumps(summary))
+    return sweep
+
+
+def test_a_job_without_its_config_is_unreadable_not_an_unnamed_row(tmp_path):
+    sweep = _two_jobs(tmp_path)
+    (sweep / "0" / "config.yaml").unlink()
+    runs, _ = load_sweep(sweep)
+    assert list(runs["status"]) == ["unreadable", "completed"]
+    assert runs["error"][0] == "config.yaml is missing"
+
+
+def test_a_copied_job_is_one_run_not_a_second_seed(tmp_path):
+    sweep = _two_jobs(tmp_path)
+    shutil.copytree(sweep / "0", sweep / "2")
+    runs, _ = load_sweep(sweep)
+    assert list(runs["run"]) == ["0", "1"]
+    assert "2 is a copy of 0 (the same record): counted once" in runs.attrs["notes"]
+
+
+def test_a_search_with_a_trial_record_gone_says_so(tmp_path):
+    sweep = tmp_path / "s"
+    for n in (0, 2):
+        job = sweep / f"trial_{n}"
+        job.mkdir(parents=True)
+        (job / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "overrides": []}))
+        (job / "summary.json").write_text(json.dumps({"status": "completed", "best_test_acc": n}))
+    runs, _ = load_sweep(sweep)
+    assert "1 of the search's trials have no record here (trial_1)" in runs.attrs["notes"][0]

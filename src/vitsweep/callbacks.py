@@ -33,7 +33,15 @@ from vitsweep.config import (
     uses_basic_sweeper,
     without_hydra,
 )
-from vitsweep.errors import ConfigError, Listed, ReportError, Unfinished, end_with, find_stop
+from vitsweep.errors import (
+    ConfigError,
+    Listed,
+    ReportError,
+    Unfinished,
+    end_with,
+    find_stop,
+    first_line,
+)
 from vitsweep.fields import check_fields
 from vitsweep.job import build
 from vitsweep.measure import describe_model
@@ -120,12 +128,12 @@ def size_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
         return {
             "parameters": f"{size['params']:,}",
             "tokens": str(size["tokens"]),
-            "GFLOPs/img": f"{size['flops_per_image'] / 1e9:.2f}",
+            "GFLOPs/img": f"{size['flops_per_image'] / 1e9:.3g}",
             "epochs": str(parts.settings.epochs),
             "ok": "ok",
         }
     except Exception as err:
-        return {"ok": f"error: {find_stop(err) or err}"}
+        return {"ok": f"error: {first_line(find_stop(err) or err)}"}
 
 
 class DryRun(Callback):

@@ -5,6 +5,7 @@ A new metric is one ``Column`` here: reading, aggregating, the markdown and CSV 
 follow this list (tests/test_report.py proves it with a throwaway column).
 """
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ class Column:
     fmt: str = "{}"
     headline: bool | str = False  # or "if varies": in the headline only when rows differ
     shown: str = "always"
+    bounds: tuple[float, float] | None = None  # the values it can hold (a top-1: 0 to 100)
 
     def admits(self, value: Any) -> bool:
         """Whether a record's value can be this column's: a number where it is written as
@@ -42,7 +44,8 @@ class Column:
             return isinstance(value, Mapping) and all(map(is_number_or_none, value.values()))
         if self.fmt == "{}":
             return isinstance(value, str | int | float) and not isinstance(value, bool)
-        return is_number_or_none(value)
+        low, high = self.bounds or (-math.inf, math.inf)
+        return is_number_or_none(value) and (value != value or low <= value <= high)
 
 
 def is_number_or_none(value: Any) -> bool:
@@ -73,6 +76,8 @@ def epoch_seconds(config: Record, summary: Record) -> float | None:
     return None if train_s is None else train_s + (test_s or 0.0)
 
 
+TOP1 = (0.0, 100.0)  # a top-1 in %: anything else in a record is damage
+
 # In table order: the columns that describe the model, then what each run measured.
 # fmt: off
 COLUMNS = [
@@ -89,13 +94,14 @@ COLUMNS = [
     Column("gflops_per_image", "GFLOPs/img", from_summary("flops_per_image", 1e-9),
            fmt="{:.3g}", headline=True),
     Column("best_top1", "best top-1 %", from_summary("best_test_acc", 100), "mean", "{:.2f}",
-           headline=True),
-    Column("final_top1", "final top-1 %", from_summary("final_test_acc", 100), "mean", "{:.2f}"),
+           headline=True, bounds=TOP1),
+    Column("final_top1", "final top-1 %", from_summary("final_test_acc", 100), "mean", "{:.2f}",
+           bounds=TOP1),
     Column("best_val", "best val top-1 %", from_summary("best_val_acc", 100), "mean", "{:.2f}",
-           headline=True, shown="if present"),
+           headline=True, shown="if present", bounds=TOP1),
     Column("test_at_best_val", "test top-1 at best val %",
            from_summary("test_acc_at_best_val", 100), "mean", "{:.2f}", headline=True,
-           shown="if present"),
+           shown="if present", bounds=TOP1),
     Column("time_per_epoch_s", "s/epoch", epoch_seconds, "mean", "{:.2f}"),
     Column("train_s_per_epoch", "train s/epoch", from_summary("train_s_per_epoch"), "mean",
            "{:.2f}", headline=True),

@@ -85,7 +85,7 @@ def shapes(row: Mapping[str, Any]) -> dict[str, bool]:
         "classes": classes is None or (isinstance(classes, list) and all(map(_text, classes))),
         "confusion": confusion is None or square,
         "per_class_top1": per_class is None
-        or (isinstance(per_class, Mapping) and all(map(is_number_or_none, per_class.values()))),
+        or (isinstance(per_class, Mapping) and all(map(_fraction, per_class.values()))),
         "train_images": row["train_images"] is None or _count(row["train_images"]),
         "status": _text(row["status"]),
         "data_fingerprint": row["data_fingerprint"] is None or _text(row["data_fingerprint"]),
@@ -94,6 +94,10 @@ def shapes(row: Mapping[str, Any]) -> dict[str, bool]:
 
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _fraction(value: Any) -> bool:
+    return value is None or (is_number_or_none(value) and 0 <= value <= 1)
 
 
 def _text(value: Any) -> bool:
@@ -128,10 +132,12 @@ def read_job(job: Path, run_id: str) -> dict[str, Any]:
     config = _read(job / "config.yaml", yaml.safe_load)
     summary = _read(job / "summary.json", json.loads)
     problems = [
-        f"{name} cannot be read ({content})"
+        f"{name} cannot be read ({content if isinstance(content, Exception) else 'not a mapping'})"
         for name, content in (("config.yaml", config), ("summary.json", summary))
         if content is not None and not isinstance(content, dict)
     ]
+    if config is None and summary is not None:  # what the run was is unknown: no row names it
+        problems.append("config.yaml is missing")
     config = config if isinstance(config, dict) else {}
     summary = summary if isinstance(summary, dict) else {}
     if problems:
@@ -166,9 +172,13 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame
     import pandas as pd
 
     sweep_dir = Path(sweep_dir)
-    rows, curves, notes = [], [], []
+    rows, curves, notes, seen = [], [], [], {}
     for job in job_dirs(sweep_dir):
         run_id = str(job.relative_to(sweep_dir))
+        record = record_of(job)
+        if record is not None and (same := seen.setdefault(record, run_id)) != run_id:
+            notes.append(f"{run_id} is a copy of {same} (the same record): counted once")
+            continue
         rows.append(read_job(job, run_id))
         curve = read_curve(job / "history.csv", run_id)
         if isinstance(curve, str):
@@ -176,8 +186,33 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame
         elif len(curve):
             curves.append(curve)
     runs = pd.DataFrame(rows)
-    runs.attrs["notes"] = notes
+    runs.attrs["notes"] = notes + missing_trials(sweep_dir, [Path(r) for r in runs.get("run", [])])
     return runs, pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+
+
+def record_of(job: Path) -> bytes | None:
+    """A trained job's record as bytes (its config and its summary, which holds the seconds
+    each epoch took): two directories that hold the same bytes are one run copied, never two
+    seeds. None for a record without measured times, which could be two runs alike."""
+    try:
+        summary = (job / "summary.json").read_bytes()
+        config = (job / "config.yaml").read_bytes() if (job / "config.yaml").is_file() else b""
+    except OSError:
+        return None
+    return config + b"\0" + summary if b'"train_s_per_epoch"' in summary else None
+
+
+def missing_trials(sweep_dir: Path, runs: list[Path]) -> list[str]:
+    """A search's trials whose records are gone (``trial_<n>`` folders missing below the
+    highest one), in a note: a table of the others would otherwise pass for the search."""
+    numbers = {
+        int(r.name[6:]) for r in runs if r.name.startswith("trial_") and r.name[6:].isdigit()
+    }
+    gone = sorted(set(range(max(numbers, default=-1) + 1)) - numbers)
+    if not gone:
+        return []
+    shown = ", ".join(f"trial_{n}" for n in gone[:5]) + (", ..." if len(gone) > 5 else "")
+    return [f"{len(gone)} of the search's trials have no record here ({shown}): not in the table"]
 
 
 def load_wandb(path: str, group: str, api: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
