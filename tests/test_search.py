@@ -97,6 +97,7 @@ def test_bad_search_input_is_one_line_before_any_trial(cli, tmp_path, overrides,
     assert not list(tmp_path.glob("multirun/s/trial_*"))
 
 
+@pytest.mark.slow  # about 16 s; the retry path is in the default run by the interrupted-trial test
 def test_a_resumed_search_keeps_its_trials_and_retries_one_cut_short(cli, tmp_path):
     assert cli(*SHORT, "search.trials=2").returncode == 0
     cut = _study(tmp_path).ask()  # as if a worker had been killed mid-trial: still "running"
