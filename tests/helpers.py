@@ -4,6 +4,7 @@ Tests import from here, never from conftest or from one another."""
 
 import contextlib
 import io
+import json
 import logging
 import os
 import runpy
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -137,3 +139,11 @@ def size_only_sweep(cli, tmp_path, conf_dir=CONF, embeddings=None) -> list[str]:
     assert all('"status": "sized"' in s.read_text() for s in summaries)
     headline = (tmp_path / "results" / "zoo" / "comparison.md").read_text().split("\n\n")[2]
     return headline.splitlines()  # the first table
+
+
+def write_job(job: Path, config: dict, summary: dict) -> Path:
+    """A job's record written by hand: its directory, config.yaml and summary.json."""
+    job.mkdir(parents=True, exist_ok=True)
+    (job / "config.yaml").write_text(yaml.safe_dump(config))
+    (job / "summary.json").write_text(json.dumps(summary))
+    return job

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-from tests.helpers import TINY
+from tests.helpers import TINY, write_job
 from vitsweep.record import RunRecord
 from vitsweep.report import comparison_table, load_sweep, row_from_run
 from vitsweep.report.render import per_class_text
@@ -154,16 +153,10 @@ def test_a_top1_outside_0_to_100_percent_is_damage_not_a_number():
 def _two_jobs(tmp_path: Path) -> Path:
     sweep = tmp_path / "s"
     for i, (attention, acc) in enumerate([("softmax", 0.5), ("linear", 0.6)]):
-        job = sweep / str(i)
-        job.mkdir(parents=True)
-        config = {
-            "seed": 0,
-            "choices": {"attention": attention},
-            "overrides": [f"attention={attention}"],
-        }
-        (job / "config.yaml").write_text(yaml.safe_dump(config))
+        config = {"seed": 0, "choices": {"attention": attention}}
+        config["overrides"] = [f"attention={attention}"]
         summary = {"status": "completed", "best_test_acc": acc, "train_s_per_epoch": 1.25 + i}
-        (job / "summary.json").write_text(json.dumps(summary))
+        write_job(sweep / str(i), config, summary)
     return sweep
 
 
@@ -186,9 +179,7 @@ def test_a_copied_job_is_one_run_not_a_second_seed(tmp_path):
 def test_a_search_with_a_trial_record_gone_says_so(tmp_path):
     sweep = tmp_path / "s"
     for n in (0, 2):
-        job = sweep / f"trial_{n}"
-        job.mkdir(parents=True)
-        (job / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "overrides": []}))
-        (job / "summary.json").write_text(json.dumps({"status": "completed", "best_test_acc": n}))
+        summary = {"status": "completed", "best_test_acc": n}
+        write_job(sweep / f"trial_{n}", {"seed": 0, "overrides": []}, summary)
     runs, _ = load_sweep(sweep)
     assert "1 of the search's trials have no record here (trial_1)" in runs.attrs["notes"][0]

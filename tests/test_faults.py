@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import QUICK, TINY, spawn
+from tests.helpers import QUICK, TINY, spawn, write_job
 from vitsweep.errors import ConfigError
 from vitsweep.record import RunRecord
 from vitsweep.report import comparison_table, load_sweep, row_from_run, to_markdown
@@ -86,16 +86,10 @@ def test_a_truncated_history_is_a_note_and_the_table_is_built(tmp_path, monkeypa
 
     sweep = tmp_path / "multirun" / "s"
     for i, (attention, acc) in enumerate([("softmax", 0.7), ("linear", 0.6)]):
-        job = sweep / str(i)
-        job.mkdir(parents=True)
-        config = {
-            "seed": 0,
-            "choices": {"attention": attention},
-            "sweep_name": "s",
-            "overrides": [f"attention={attention}"],
-        }
-        (job / "config.yaml").write_text(yaml.safe_dump(config))
-        (job / "summary.json").write_text(json.dumps({"status": "completed", "best_test_acc": acc}))
+        config = {"seed": 0, "choices": {"attention": attention}, "sweep_name": "s"}
+        config["overrides"] = [f"attention={attention}"]
+        summary = {"status": "completed", "best_test_acc": acc}
+        job = write_job(sweep / str(i), config, summary)
         pd.DataFrame({"epoch": [1, 2, 3], "test_acc": [acc] * 3, "train_s": [1.0] * 3}).to_csv(
             job / "history.csv", index=False
         )
@@ -200,10 +194,8 @@ def test_a_row_with_a_repeated_seed_says_so_and_is_compared_unpaired():
 
 
 def test_a_record_still_running_with_no_live_process_is_stopped_in_the_table(tmp_path):
-    job = tmp_path / "s" / "0"
-    job.mkdir(parents=True)
-    (job / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "overrides": []}))
-    (job / "summary.json").write_text(json.dumps({"status": "running", "epochs_done": 1}))
+    summary = {"status": "running", "epochs_done": 1}
+    job = write_job(tmp_path / "s" / "0", {"seed": 0, "overrides": []}, summary)
     runs, _ = load_sweep(tmp_path / "s")
     assert list(runs["status"]) == ["stopped"] and "no process holds it" in runs["error"][0]
     record = RunRecord(job, {})
@@ -352,9 +344,7 @@ def test_report_refuses_a_record_whose_name_leaves_results(tmp_path, monkeypatch
     from report import main as report_main
 
     sweep = tmp_path / "multirun" / "s"
-    (sweep / "0").mkdir(parents=True)
-    (sweep / "0" / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "overrides": []}))
-    (sweep / "0" / "summary.json").write_text(json.dumps({"status": "completed"}))
+    write_job(sweep / "0", {"seed": 0, "overrides": []}, {"status": "completed"})
     (sweep / "sweep.yaml").write_text(yaml.safe_dump({"name": "../../outside"}))
     monkeypatch.chdir(tmp_path)
     assert report_main([str(sweep)]) == 2
@@ -540,9 +530,7 @@ def test_dry_run_takes_true_or_false_only(cli, tmp_path, value):
 def test_only_the_folders_right_under_a_sweep_are_its_jobs(tmp_path):
     sweep = tmp_path / "s"
     for job in ("0", "10", "2", "extra"):
-        (sweep / job).mkdir(parents=True)
-        (sweep / job / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "overrides": []}))
-        (sweep / job / "summary.json").write_text(json.dumps({"status": "completed"}))
+        write_job(sweep / job, {"seed": 0, "overrides": []}, {"status": "completed"})
     stray = sweep / "outputs" / "2026-12-01" / "10-00-00"  # an older run below the sweep
     stray.mkdir(parents=True)
     (stray / "summary.json").write_text(json.dumps({"status": "completed"}))

@@ -14,6 +14,7 @@ record file that could not be written (a full disk, a directory made read-only).
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,16 +175,21 @@ def stop_of(err: BaseException, where: Path | None = None, epochs: int = 0) -> S
     return Stop("failed", {"error": f"{type(err).__name__}: {err}"}, traceback=True)
 
 
+def tell(stop: Stop) -> Stop:
+    """Say a stop: its line on stderr, or its log line at info."""
+    if stop.line:
+        print(stop.line, file=sys.stderr)
+    if stop.log_line:
+        log.info(stop.log_line)
+    return stop
+
+
 def end_with(err: BaseException, multirun: bool = False, **context: Any) -> None:
     """Tell the user how ``err`` stopped things and end the process where its stop says so:
     a single run (or a sweep's start, or ``report.py``) exits with the stop's code; a sweep's
     job goes on to the next one unless the stop ends sweeps too. A bug is raised again in a
     single run, logged with its traceback in a sweep."""
-    stop = stop_of(err, **context)
-    if stop.line:
-        print(stop.line, file=sys.stderr)
-    if stop.log_line:
-        log.info(stop.log_line)
+    stop = tell(stop_of(err, **context))
     if stop.traceback:
         if not multirun:
             raise err
@@ -194,9 +200,7 @@ def end_with(err: BaseException, multirun: bool = False, **context: Any) -> None
 
 def exit_code_of(err: BaseException) -> int:
     """The exit code a stop gives a command that returns it (``src/report.py``), its line told."""
-    stop = stop_of(err)
-    if stop.line:
-        print(stop.line, file=sys.stderr)
+    stop = tell(stop_of(err))
     if stop.traceback:
         raise err
     return stop.exit_code or 0
@@ -206,6 +210,12 @@ def end_orphaned_worker() -> None:
     """A sweep's worker process whose sweep is gone, its record written: it ends at once, as
     interrupted (its pool is gone with the sweep: there is nothing to return to)."""
     os._exit(INTERRUPTED)
+
+
+def a_few(items: Iterable[str], most: int = 3, sep: str = ", ") -> str:
+    """The first ``most`` of ``items`` for a message, with "..." where there are more."""
+    items = list(items)
+    return sep.join(items[:most]) + (f"{sep}..." if len(items) > most else "")
 
 
 def first_line(err: BaseException) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vitsweep.data.sets import ImageSet, stratified_split
-from vitsweep.errors import ConfigError, require
+from vitsweep.errors import ConfigError, a_few, require
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _eight_bit(image: Any, gray: bool) -> Any:
 
 def _shown(paths: list[str]) -> str:
     """The first three file names, for a warning or an error."""
-    return ", ".join(Path(p).name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+    return a_few(Path(p).name for p in paths)
 
 
 def _list_images(folder: Path, walk: FolderWalk) -> Listing:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, a_few
 from vitsweep.record.summary import DONE
 from vitsweep.settings import compared_on_resume
 
@@ -81,7 +81,7 @@ def decide_resume(
     before = compared_on_resume(with_moved_targets(earlier.config))
     changed = differences(before, compared_on_resume(config))
     if changed:
-        shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
+        shown = a_few(changed, sep="; ")
         raise ConfigError(
             f"{held} with another config ({shown}); resume it with the "
             "same overrides, or choose a new directory"

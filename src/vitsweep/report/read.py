@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from vitsweep.config import parse_overrides
+from vitsweep.errors import a_few
 from vitsweep.files import lock_is_held
 from vitsweep.report.columns import columns, is_number_or_none
 from vitsweep.settings import check_sweep_name
@@ -211,7 +212,7 @@ def missing_trials(sweep_dir: Path, runs: list[Path]) -> list[str]:
     gone = sorted(set(range(max(numbers, default=-1) + 1)) - numbers)
     if not gone:
         return []
-    shown = ", ".join(f"trial_{n}" for n in gone[:5]) + (", ..." if len(gone) > 5 else "")
+    shown = a_few((f"trial_{n}" for n in gone), most=5)
     return [f"{len(gone)} of the search's trials have no record here ({shown}): not in the table"]
 
 

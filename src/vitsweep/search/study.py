@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from vitsweep.errors import ConfigError, first_line
+from vitsweep.errors import ConfigError, a_few, first_line
 from vitsweep.fields import check_fields
 from vitsweep.settings import SearchSettings
 
@@ -155,7 +155,7 @@ def check_study_agrees(study: Any, sweep_dir: Path) -> None:
         if p.name.removeprefix("trial_").isdigit() and any(p.glob("*.json"))
     )
     if strays := [n for n in records if n not in known]:
-        shown = ", ".join(f"trial_{n}" for n in strays[:3]) + (", ..." if len(strays) > 3 else "")
+        shown = a_few(f"trial_{n}" for n in strays)
         raise ConfigError(
             f"{sweep_dir} holds records of trials its study does not know ({shown}): the "
             "study's storage was replaced or deleted; restore it, or choose another sweep_name"
@@ -167,7 +167,7 @@ def check_study_agrees(study: Any, sweep_dir: Path) -> None:
         if t.state in finished and t.number not in retried and t.number not in records
     ]
     if lost:
-        shown = ", ".join(f"trial_{n}" for n in lost[:3]) + (", ..." if len(lost) > 3 else "")
+        shown = a_few(f"trial_{n}" for n in lost)
         raise ConfigError(
             f"the study {study.study_name} holds {len(lost)} finished trials whose records are "
             f"not in {sweep_dir} ({shown}): restore them, or choose another sweep_name"
