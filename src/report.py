@@ -4,13 +4,17 @@
     python src/report.py --wandb ENTITY/PROJECT --group GROUP     # -> results/GROUP/
     python src/report.py --reproduce results/my_sweep [--rows 1,2] [--seeds 0,1] [--name NAME]
                                                     # -> results/my_sweep-reproduced/ (or NAME)
+    python src/report.py --compare results/A results/B [--name C] [--baseline ROW]
+                                                    # -> results/A+B/ (or C), nothing trained
+    python src/report.py --latex-png results/my_sweep  # comparison.tex -> comparison_tex.png
 
 The first two write comparison.md, comparison.csv, manifest.json and the plots, from one
 schema; the results folder is named after the sweep's ``sweep_name`` (kept in its records), as
 at the end of the sweep. ``--reproduce`` trains the rows again from the manifest and writes
 reproduction.md beside the new table; it is named after the folder reproduced, never
 overwrites an earlier reproduction (``--name`` starts another, ``--resume`` finishes a stopped
-one).
+one). ``--compare`` puts the rows of two or more sweeps into one table, without training,
+when their data and recipe agree.
 """
 
 import argparse
@@ -21,8 +25,11 @@ from typing import Any
 
 from vitsweep.errors import ConfigError, ReportError, exit_code_of
 from vitsweep.report import load_sweep, load_wandb, sweep_name, write_report
+from vitsweep.report.compare import compare_sweeps
+from vitsweep.report.latex import compile_table
 from vitsweep.report.reproduce import reproduce as rerun
-from vitsweep.settings import check_sweep_name
+from vitsweep.settings import ReportSettings, check_sweep_name
+from vitsweep.stats import CORRECTIONS
 
 
 def read_runs(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
@@ -64,12 +71,38 @@ def reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_settings(args: argparse.Namespace) -> ReportSettings:
+    """The ``report:`` settings given on the command line (checked as a sweep's are)."""
+    given = {k: getattr(args, k) for k in ("baseline", "confidence", "correction")}
+    return ReportSettings(**{k: v for k, v in given.items() if v is not None})
+
+
 def build_table(runs: Any, curves: Any, out_dir: Path, source: str, args: Any) -> Any:
     """The results folder written; whatever stops it is a table that could not be built."""
     try:
-        return write_report(runs, curves, out_dir, source, args.baseline, args.confidence)
+        return write_report(runs, curves, out_dir, source, report_settings(args))
+    except ConfigError:
+        raise
     except Exception as err:
         raise ReportError(f"the table could not be built: {type(err).__name__}: {err}") from None
+
+
+def compare(args: argparse.Namespace) -> int:
+    """One table of two or more sweeps' rows, nothing trained."""
+    try:
+        table, out_dir = compare_sweeps(
+            args.compare, args.results, args.name, report_settings(args)
+        )
+    except ConfigError as err:
+        return exit_code_of(err)
+    except Exception as err:
+        return exit_code_of(
+            ReportError(f"the table could not be built: {type(err).__name__}: {err}")
+        )
+    print(f"{table.attrs['headline']}\nComparison of {len(args.compare)} sweeps in {out_dir}/")
+    for note in table.attrs["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +117,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--baseline", help="the row to compare with: its number or choices")
-    parser.add_argument("--confidence", type=float, default=0.95, help="of the intervals")
+    parser.add_argument(
+        "--confidence", type=float, help=f"of the intervals (default {ReportSettings.confidence})"
+    )
+    parser.add_argument(
+        "--correction",
+        choices=CORRECTIONS,
+        help=f"of the p-values, for the rows compared (default {ReportSettings.correction})",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS_DIR",
+        help="one table of these sweeps' rows (results/A results/B), nothing trained",
+    )
+    parser.add_argument(
+        "--latex-png",
+        type=Path,
+        metavar="RESULTS_DIR",
+        help="compile its comparison.tex (pdflatex) into comparison_tex.png (pdftoppm)",
+    )
     parser.add_argument(
         "--reproduce",
         type=Path,
@@ -99,11 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.reproduce:
         return reproduce(args)
+    if args.latex_png:
+        try:
+            print(compile_table(args.latex_png))
+        except (ConfigError, ReportError) as err:
+            return exit_code_of(err)
+        return 0
+    if args.compare:
+        if args.sweep_dir or args.wandb:
+            parser.error("--compare takes results folders, not a sweep directory or --wandb")
+        return compare(args)
     for flag, given in (("--rows", args.rows), ("--seeds", args.seeds), ("--resume", args.resume)):
         if given:  # never ignored in silence: a table rebuilt is not a reproduction
             parser.error(f"{flag} goes with --reproduce RESULTS_DIR")
-    if not 0 < args.confidence < 1:
-        parser.error(f"--confidence must be in (0, 1), got {args.confidence}")
 
     if args.wandb and not args.group:
         parser.error("--wandb needs --group (the sweep's name, which is its W&B group)")

@@ -18,7 +18,14 @@ from vitsweep.report import (
 )
 
 QUICK = [o for o in TINY if o != "logger=none"] + ["trainer.epochs=1", "data.subset=32"]
-HOW_SURE = ["95% CI", "n", "Δ best top-1 vs baseline [95% CI]", "p", "status"]
+HOW_SURE = [
+    "95% CI",
+    "n",
+    "Δ best top-1 vs baseline [95% CI]",
+    "p (Holm)",
+    "smallest Δ seen",
+    "status",
+]
 HEADLINE = [
     "attention",
     "embedding",
@@ -133,6 +140,23 @@ def test_each_job_of_a_sweep_is_its_own_wandb_run_in_the_sweeps_group(cli, tmp_p
         assert record["summary"]["status"] == "completed"
         ids.add((job / "wandb_run_id").read_text())
     assert len(ids) == 2
+    # the sweep's table and plots: one more run of the group, job type "report"
+    _, run = _wandb_record(tmp_path / "multirun" / "tracked")
+    assert (run["job_type"], run["run_group"]) == ("report", "tracked")
+    offline = next((tmp_path / "multirun" / "tracked" / "wandb").glob("offline-run-*"))
+    records = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = [json.loads(line) for line in records.stdout.splitlines() if line.startswith("{")]
+    logged = next(r["history"]["item"] for r in lines if r.get("type") == "history")
+    assert logged["comparison._type"] == "table-file" and logged["pareto._type"] == "image-file"
+    shown = json.loads((offline / "files" / logged["comparison.path"]).read_text())
+    csv = pd.read_csv(tmp_path / "results" / "tracked" / "comparison.csv")
+    assert [row[0] for row in shown["data"]] == list(csv["override:attention"])
+    assert "p (Holm)" in shown["columns"]
 
 
 @pytest.mark.slow

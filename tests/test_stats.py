@@ -8,6 +8,7 @@ from scipy import stats
 
 from vitsweep.errors import ConfigError
 from vitsweep.report import comparison_table, pick_baseline, row_from_run, to_markdown
+from vitsweep.settings import ReportSettings
 from vitsweep.stats import compare, mean_interval
 
 
@@ -105,7 +106,7 @@ def test_the_baseline_can_be_any_row():
         [("softmax", 0, 0.7), ("linear", 0, 0.6), ("softmax", 1, 0.72), ("linear", 1, 0.61)]
     )
     for spec in (2, "linear", "attention=linear"):
-        table = comparison_table(runs, baseline=spec)
+        table = comparison_table(runs, ReportSettings(baseline=spec))
         assert list(table["baseline"]) == [False, True], spec
     with pytest.raises(ConfigError, match="matches no row"):
         pick_baseline(["attention=softmax", "attention=linear"], "performer")
@@ -116,7 +117,7 @@ def test_the_baseline_can_be_any_row():
 @pytest.mark.parametrize(("spec", "why"), [("performer", "matches no row"), (3, "there are 2")])
 def test_a_baseline_that_names_no_row_at_the_end_is_the_first_row_and_the_table_says_why(spec, why):
     runs = _runs([("softmax", 0, 0.7), ("linear", 0, 0.6)])
-    table = comparison_table(runs, baseline=spec)
+    table = comparison_table(runs, ReportSettings(baseline=spec))
     assert list(table["baseline"]) == [True, False]
     assert any(
         why in note and "compared with the first row instead" in note

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vitsweep.config import (
@@ -48,6 +49,7 @@ from vitsweep.measure import describe_model
 from vitsweep.record import FINISHED
 from vitsweep.report import label_runs, load_sweep, pick_baseline, write_report
 from vitsweep.report.aggregate import varying_overrides
+from vitsweep.report.pipeline import tracker_report
 from vitsweep.search import SWEEP_STARTED, check_search, write_search_report
 from vitsweep.settings import ReportSettings, check_sweep_name, may_differ_on_resume
 from vitsweep.signals import SWEEP_PID, interrupt_on_sigterm, restore_sigterm
@@ -313,8 +315,9 @@ class ComparisonReport(Callback):
                 print(f"no jobs found under {sweep_dir}; no comparison written", file=sys.stderr)
                 return 0
             out_dir = self.results_dir / str(config.sweep_name)
-            s = self.settings
-            table = write_report(runs, curves, out_dir, sweep_dir, s.baseline, s.confidence)
+            table = write_report(runs, curves, out_dir, sweep_dir, self.settings)
+            tracker = instantiate(config.logger)  # W&B: the table as one run of the group
+            tracker.log_report(tracker_report(table, out_dir, str(config.sweep_name)), sweep_dir)
         except Exception as err:
             end_with(
                 ReportError(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitsweep.errors import require, require_each
+from vitsweep.stats import CORRECTIONS
 
 
 def free_on_resume(default: Any = None) -> Any:
@@ -210,9 +211,16 @@ class ReportSettings:
 
     baseline: int | str | None = None  # a row number (from 1) or choices; null: the first row
     confidence: float = 0.95  # of the intervals; a difference is marked at p < 1 - confidence
+    correction: str = "holm"  # of the p-values for the rows compared: holm | bonferroni | none
 
     def __post_init__(self) -> None:
         require(0 < self.confidence < 1, "report.confidence", self.confidence, "a number in (0, 1)")
+        require(
+            self.correction in CORRECTIONS,
+            "report.correction",
+            self.correction,
+            " | ".join(CORRECTIONS),
+        )
 
 
 BLOCKS = {"trainer": TrainerSettings, "data": DataSettings, "search": SearchSettings}

@@ -3,7 +3,9 @@
 Intervals are Student-t intervals over seeds (the seeds are the samples). A row is compared
 with the baseline row on the same metric: paired by seed (a t-test on the per-seed
 differences) when both ran the same seeds, Welch's unequal-variance t-test otherwise. With one
-seed there is no interval, and nothing here invents one.
+seed there is no interval, and nothing here invents one. The p-values of the rows compared
+with one baseline are adjusted for how many there are (Holm's step-down by default), and
+each comparison says the smallest difference its seeds could have shown.
 """
 
 import math
@@ -30,6 +32,16 @@ class Difference:
     p: float
     test: str  # "paired", "Welch", or "n=1" where either side has a single seed
     n: int
+    se: float = math.nan  # the difference's standard error
+    dof: float = math.nan  # and its degrees of freedom
+
+    def detectable(self, confidence: float) -> float:
+        """The smallest difference these seeds could have shown at ``confidence``: a
+        difference of this size would have been just significant, given the spread and n
+        (nan where no test is possible)."""
+        if not self.se > 0:
+            return math.nan
+        return t_quantile(confidence, self.dof) * self.se
 
 
 def t_quantile(confidence: float, dof: float) -> float:
@@ -77,7 +89,7 @@ def compare(
         spread = mean_interval(deltas, confidence)
         se = spread.std / math.sqrt(len(deltas))
         low, high, p = _t_test(spread.mean, se, len(deltas) - 1, confidence)
-        return Difference(spread.mean, low, high, p, "paired", len(deltas))
+        return Difference(spread.mean, low, high, p, "paired", len(deltas), se, len(deltas) - 1)
     vb, vo = (mean_interval(x).std ** 2 for x in (b, o))
     se = math.sqrt(vb / len(b) + vo / len(o))
     if se == 0:
@@ -85,4 +97,34 @@ def compare(
     else:  # Welch-Satterthwaite
         dof = se**4 / ((vb / len(b)) ** 2 / (len(b) - 1) + (vo / len(o)) ** 2 / (len(o) - 1))
     low, high, p = _t_test(diff, se, dof, confidence)
-    return Difference(diff, low, high, p, "Welch", min(len(b), len(o)))
+    return Difference(diff, low, high, p, "Welch", min(len(b), len(o)), se, dof)
+
+
+CORRECTIONS = ("holm", "bonferroni", "none")
+
+
+def adjust(p_values: Sequence[float], method: str = "holm") -> list[float]:
+    """The p-values adjusted for their number (nan, a comparison that had no test, is kept and
+    not counted): Holm's step-down, Bonferroni's single step, or ``none``. Both are the
+    textbook definitions, checked against statsmodels' ``multipletests`` in the tests."""
+    if method not in CORRECTIONS:
+        raise ValueError(f"unknown correction {method!r}: one of {', '.join(CORRECTIONS)}")
+    tested = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    m = len(tested)
+    adjusted = list(map(float, p_values))
+    if method == "bonferroni":
+        for i in tested:
+            adjusted[i] = min(1.0, m * p_values[i])
+    elif method == "holm":  # the k-th smallest times (m - k), never below the one before it
+        running = 0.0
+        for rank, i in enumerate(sorted(tested, key=lambda i: p_values[i])):
+            running = max(running, min(1.0, (m - rank) * p_values[i]))
+            adjusted[i] = running
+    return adjusted
+
+
+def least_strict_level(alpha: float, method: str, m: int) -> float:
+    """The largest significance level any one of ``m`` comparisons is held to under a
+    correction: a difference that could not be seen at this level could not be seen at all
+    (Holm's last step, and no correction, test at ``alpha``; Bonferroni at ``alpha / m``)."""
+    return alpha / max(m, 1) if method == "bonferroni" else alpha

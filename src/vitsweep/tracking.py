@@ -9,6 +9,7 @@ directory is written regardless).
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,15 @@ from vitsweep.errors import require
 from vitsweep.hooks import Hook
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    """What a sweep's report run logs: its tables (name -> frame) and plots (name -> PNG)."""
+
+    group: str
+    tables: dict[str, Any]
+    images: dict[str, Path] = field(default_factory=dict)
 
 
 class NullTracker(Hook):
@@ -40,6 +50,9 @@ class NullTracker(Hook):
 
     def finish(self, exit_code: int = 0) -> None:
         pass
+
+    def log_report(self, report: Report, run_dir: Path) -> None:
+        """Log a sweep's table and plots as one run of its group (``job_type="report"``)."""
 
     def on_step(self, metrics: dict[str, float], step: int) -> None:
         self.log(metrics, step=step)
@@ -120,3 +133,26 @@ class WandbTracker(NullTracker):
     def finish(self, exit_code: int = 0) -> None:
         self._call(lambda: self.run.finish(exit_code=exit_code))
         self.run = None
+
+    def log_report(self, report: Report, run_dir: Path) -> None:
+        """The sweep's table (``wandb.Table``) and plots (``wandb.Image``) in one run of the
+        sweep's group, so that the W&B project shows what comparison.md shows; a W&B failure
+        is one warning (the results folder is written regardless)."""
+        try:
+            import wandb
+
+            with wandb.init(
+                **self.settings,
+                group=self.group or report.group,
+                job_type="report",
+                name=f"{report.group}: comparison",
+                tags=["report"],
+                dir=str(run_dir),
+                reinit="finish_previous",
+                settings=wandb.Settings(silent=True, init_timeout=self.INIT_TIMEOUT_S),
+            ) as run:
+                logged = {name: wandb.Table(dataframe=t) for name, t in report.tables.items()}
+                logged |= {name: wandb.Image(str(p)) for name, p in report.images.items()}
+                run.log(logged)
+        except Exception as err:
+            log.warning("the table was not logged to W&B (results folder written): %s", err)

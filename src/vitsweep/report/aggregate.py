@@ -7,15 +7,17 @@ listed in ``table.attrs["notes"]`` and printed with the table.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vitsweep.config import override_key
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, a_few
 from vitsweep.record.summary import DONE, FINISHED
 from vitsweep.report.columns import columns
-from vitsweep.stats import compare, mean_interval
+from vitsweep.settings import ReportSettings
+from vitsweep.stats import adjust, compare, least_strict_level, mean_interval
 
 if TYPE_CHECKING:  # pandas is imported where a table is made: a run stays light
     import pandas as pd
@@ -198,41 +200,78 @@ def pick_baseline(labels: list[str], spec: int | str | None) -> int:
     return matches[0]
 
 
-def add_comparisons(table: pd.DataFrame, baseline: int, confidence: float) -> pd.DataFrame:
-    """Each row's difference in best top-1 against the baseline row, with its interval and
-    p-value (paired by seed where both ran the same seeds, Welch otherwise)."""
+def add_comparisons(table: pd.DataFrame, baseline: int, report: ReportSettings) -> pd.DataFrame:
+    """Each row's difference in best top-1 against the baseline row, with its interval, its
+    raw p-value (paired by seed where both ran the same seeds, Welch otherwise), the p-value
+    adjusted for the number of rows compared (``report.correction``; the stars follow it) and
+    the smallest difference its seeds could have shown."""
     reference = table["per_seed"].iloc[baseline]
-    found = [compare(reference, per_seed, confidence) for per_seed in table["per_seed"]]
-    alpha = 1 - confidence
-    return table.assign(
-        baseline=[i == baseline for i in range(len(table))],
-        diff_best_top1=[d.diff for d in found],
-        diff_low=[d.low for d in found],
-        diff_high=[d.high for d in found],
-        p_value=[d.p for d in found],
-        test=[d.test for d in found],
-        significant=[d.p < alpha for d in found],
+    found = [compare(reference, per_seed, report.confidence) for per_seed in table["per_seed"]]
+    raw = [math.nan if i == baseline else d.p for i, d in enumerate(found)]
+    adjusted = adjust(raw, report.correction)
+    compared = sum(not math.isnan(p) for p in raw)
+    alpha = 1 - report.confidence
+    level = 1 - least_strict_level(alpha, report.correction, compared)
+    columns = {
+        "baseline": [i == baseline for i in range(len(table))],
+        "diff_best_top1": [d.diff for d in found],
+        "diff_low": [d.low for d in found],
+        "diff_high": [d.high for d in found],
+        "p_value": raw,
+        **({adjusted_column(report.correction): adjusted} if report.correction != "none" else {}),
+        "test": [d.test for d in found],
+        "significant": [p < alpha for p in adjusted],
+        "detectable_diff": [
+            math.nan if i == baseline else d.detectable(level) for i, d in enumerate(found)
+        ],
+    }
+    table = table.assign(**columns)
+    table.attrs |= {"correction": report.correction, "compared": compared}
+    return table
+
+
+def adjusted_column(correction: str) -> str:
+    """The name of the column of p-values adjusted by ``correction`` (``p_holm``)."""
+    return f"p_{correction}"
+
+
+def shown_p(row: pd.Series, correction: str) -> float:
+    """The p-value a row is judged by: adjusted, unless there is no correction."""
+    return row["p_value"] if correction == "none" else row[adjusted_column(correction)]
+
+
+def few_seeds(table: pd.DataFrame, fewest: int = 3) -> str | None:
+    """A note naming the rows with fewer than ``fewest`` seeds, whose tests are weak."""
+    few = table[(table["n"] > 0) & (table["n"] < fewest)]
+    if few.empty:
+        return None
+    rows = "every row" if len(few) == len(table) else a_few(list(few["label"]), sep="; ")
+    return (
+        f"fewer than {fewest} seeds in {rows} (n={', '.join(map(str, sorted(set(few['n']))))}): "
+        "an interval from so few is wide and a test weak, so 'not significant' says little; "
+        "add seeds (seed=0,1,2) before reading a difference"
     )
 
 
 def comparison_table(
-    runs: pd.DataFrame,
-    baseline: int | str | None = None,
-    confidence: float = 0.95,
-    keys: list[str] | None = None,
+    runs: pd.DataFrame, report: ReportSettings | None = None, keys: list[str] | None = None
 ) -> pd.DataFrame:
     """The sweep's table: one row per configuration (its seeds aggregated; ``keys`` name the
-    rows, by default the overrides that vary), compared with the baseline row. A baseline
-    that names no row (or several) is said in the notes, and the first row is used."""
+    rows, by default the overrides that vary), compared with the baseline row as ``report``
+    says. A baseline that names no row (or several) is said in the notes, and the first row
+    is used."""
+    report = report or ReportSettings()
     keys = varying_overrides(runs) if keys is None else keys
-    table = aggregate(runs, keys, confidence)
+    table = aggregate(runs, keys, report.confidence)
     table.attrs["keys"] = keys
     notes = notes_on(runs, table)
     try:
-        position = pick_baseline(list(table["label"]), baseline)
+        position = pick_baseline(list(table["label"]), report.baseline)
     except ConfigError as err:
         notes.append(f"{err}; compared with the first row instead")
         position = 0
-    table = add_comparisons(table, position, confidence)
-    table.attrs |= {"keys": keys, "notes": notes, "confidence": confidence}
+    table = add_comparisons(table, position, report)
+    if note := few_seeds(table):
+        notes.append(note)
+    table.attrs |= {"keys": keys, "notes": notes, "confidence": report.confidence}
     return table

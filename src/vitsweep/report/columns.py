@@ -81,6 +81,8 @@ TOP1 = (0.0, 100.0)  # a top-1 in %: anything else in a record is damage
 # In table order: the columns that describe the model, then what each run measured.
 # fmt: off
 COLUMNS = [
+    Column("sweep", "sweep", from_config("sweep_name"), "each", headline="if varies",
+           shown="if varies"),  # a table of sweeps compared (report.py --compare)
     Column("embedding", "feature extraction", from_config("choices", "embedding")),
     Column("attention", "attention", from_config("choices", "attention")),
     Column("image_size", "image size", from_config("data", "image_size"), fmt="{:.0f}"),

@@ -54,9 +54,34 @@ def manifest(runs: pd.DataFrame, table: pd.DataFrame, sweep: dict[str, Any]) -> 
         "versions": {v: distinct(runs, v) for v in ("python", "torch", "cuda")},
         "device": distinct(runs, "device"),
         "data": distinct(runs, "data_fingerprint"),
+        "recipe": shared_recipe(runs, list(table.attrs.get("keys", []))),
         "confidence": table.attrs.get("confidence"),
         "rows": rows,
     }
+
+
+def without_keys(node: Any, keys: list[str]) -> Any:
+    """A nested config less the dotted ``keys`` (``optim.lr``; ``optim``, a group, is the whole
+    block)."""
+    if not isinstance(node, dict):
+        return node
+    whole, inner = set(), {}
+    for key in keys:
+        head, _, rest = key.lstrip("+~").partition(".")
+        if rest:
+            inner.setdefault(head, []).append(rest)
+        else:
+            whole.add(head)
+    return {
+        k: without_keys(v, inner[k]) if k in inner else v for k, v in node.items() if k not in whole
+    }
+
+
+def shared_recipe(runs: pd.DataFrame, keys: list[str]) -> dict[str, Any] | None:
+    """The recipe every row shares (trainer, optimiser, data), less what the rows vary: the
+    first readable run's."""
+    recipes = [r for r in runs.get("settings", []) if isinstance(r, dict) and any(r.values())]
+    return without_keys(recipes[0], keys) if recipes else None
 
 
 def _by_seed(group: pd.DataFrame) -> dict[str, Any]:

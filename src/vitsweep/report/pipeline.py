@@ -17,6 +17,7 @@ from vitsweep.report.aggregate import (
     summed_confusion,
     varying_overrides,
 )
+from vitsweep.report.latex import to_latex
 from vitsweep.report.manifest import manifest
 from vitsweep.report.plots import (
     plot_confusion,
@@ -28,11 +29,15 @@ from vitsweep.report.plots import (
 from vitsweep.report.render import (
     footer,
     how_to_read,
+    not_significant_text,
     notes_text,
     per_class_text,
+    table_cells,
     to_markdown,
 )
+from vitsweep.settings import ReportSettings
 from vitsweep.sweep import check_results_folder, grid_size, read_sweep_record
+from vitsweep.tracking import Report
 
 if TYPE_CHECKING:  # pandas is imported where a table is made: a run stays light
     import pandas as pd
@@ -43,18 +48,20 @@ def write_report(
     curves: pd.DataFrame,
     out_dir: Path,
     source: str | os.PathLike,
-    baseline: int | str | None = None,
-    confidence: float = 0.95,
+    report: ReportSettings | None = None,
+    sweep: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Write comparison.md/.csv, per_class.csv, manifest.json and the plots into ``out_dir``;
-    returns the table (its headline in ``table.attrs["headline"]``, what to read with care in
-    ``attrs["notes"]``). ``source`` is the sweep directory (its sweep.yaml gives the footer)
-    or a W&B group."""
+    """Write comparison.md/.csv/.tex, per_class.csv, manifest.json and the plots into
+    ``out_dir``; returns the table (its headline in ``table.attrs["headline"]``, what to read
+    with care in ``attrs["notes"]``). ``source`` is the sweep directory (its sweep.yaml gives
+    the footer, unless ``sweep`` is given) or a W&B group."""
     check_results_folder(out_dir, source)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sweep = read_sweep_record(Path(source)) if Path(source).is_dir() else {}
+    if sweep is None:
+        sweep = read_sweep_record(Path(source)) if Path(source).is_dir() else {}
     keys = varying_overrides(runs, sweep.get("grid"))
-    table = comparison_table(runs, baseline, confidence, keys)
+    table = comparison_table(runs, report, keys)
+    table.attrs["name"] = out_dir.name
     expected = grid_size(sweep.get("grid") or {}) if sweep.get("grid") else None
     if expected and len(runs) < expected:
         table.attrs["notes"].append(
@@ -64,8 +71,10 @@ def write_report(
     table.attrs["headline"] = to_markdown(table, keys, headline=True)
     title = f"# Sweep {out_dir.name}\n\nFrom {source} ({len(runs)} jobs).\n"
     write_atomic(out_dir / "comparison.md", comparison_text(title, runs, curves, table, sweep))
-    kept = table.drop(columns=["per_seed", "overrides", "confusion", "classes", "per_class_top1"])
+    structured = ["per_seed", "overrides", "confusion", "classes", "per_class_top1", "settings"]
+    kept = table.drop(columns=structured)
     write_atomic(out_dir / "comparison.csv", kept.to_csv(index=False))
+    write_atomic(out_dir / "comparison.tex", to_latex(table, runs, sweep.get("command")))
     if not (classes := per_class(runs, table)).empty:  # every class, however many
         write_atomic(out_dir / "per_class.csv", classes.rename_axis("row").to_csv())
     found = manifest(runs, table, sweep) | {"source": str(source)}
@@ -74,15 +83,35 @@ def write_report(
     return table
 
 
+PLOTS = ("accuracy", "latency", "pareto", "confusion", "data_efficiency")
+
+
+def tracker_report(table: pd.DataFrame, out_dir: Path, group: str) -> Report:
+    """What a tracker logs of a results folder: the table as comparison.md shows it, the
+    numbers of comparison.csv, and the plots drawn."""
+    import pandas as pd
+
+    shown = pd.DataFrame(table_cells(table, list(table.attrs["keys"]), headline=True))
+    numbers = pd.read_csv(out_dir / "comparison.csv")
+    numbers = numbers.astype(object).where(numbers.notna(), None)  # W&B cells: null, not NaN
+    images = {name: out_dir / f"{name}.png" for name in PLOTS}
+    return Report(
+        group=group,
+        tables={"comparison": shown, "comparison_numbers": numbers},
+        images={name: path for name, path in images.items() if path.is_file()},
+    )
+
+
 def comparison_text(
     title: str, runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame, sweep: dict
 ) -> str:
-    """comparison.md: the headline, how to read it, the notes, every column, the per-class
-    table and what produced the numbers."""
+    """comparison.md: the headline, how to read it, what the rows could not show, the notes,
+    every column, the per-class table and what produced the numbers."""
     parts = [
         title,
         table.attrs["headline"],
         how_to_read(table),
+        not_significant_text(table),
         notes_text(table),
         "All columns:\n",
         to_markdown(table, list(table.attrs["keys"])),

@@ -19,7 +19,7 @@ from vitsweep.config import parse_overrides
 from vitsweep.errors import a_few
 from vitsweep.files import lock_is_held
 from vitsweep.report.columns import columns, is_number_or_none
-from vitsweep.settings import check_sweep_name
+from vitsweep.settings import check_sweep_name, compared_on_resume
 from vitsweep.sweep import read_sweep_record
 
 if TYPE_CHECKING:  # pandas is imported where a table is made: a run stays light
@@ -63,6 +63,7 @@ def row_from_run(
         "train_images": summary.get("train_images"),
         "data_fingerprint": summary.get("data_fingerprint"),
         "python": summary.get("python"),
+        "settings": recipe_of(config),
     }
     row = identity | {c.name: c.value(config, summary) for c in columns()}
     damaged = [f"{c.name}={row[c.name]!r}" for c in columns() if not c.admits(row[c.name])]
@@ -73,6 +74,16 @@ def row_from_run(
         row["status"] = "unreadable"
         row["error"] = f"its record holds values that cannot be read: {', '.join(damaged)}"
     return row
+
+
+RECIPE = ("trainer", "optim", "data")  # the blocks two sweeps' rows must share to be compared
+
+
+def recipe_of(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's recipe: its trainer, optimiser and data settings, less what a resume may
+    change (progress bars, data.root and the like)."""
+    kept = compared_on_resume(dict(config))
+    return {block: kept.get(block) for block in RECIPE}
 
 
 def shapes(row: Mapping[str, Any]) -> dict[str, bool]:

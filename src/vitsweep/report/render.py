@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from vitsweep.report.aggregate import per_class
+from vitsweep.report.aggregate import per_class, shown_p
 from vitsweep.report.columns import Column, columns
 from vitsweep.report.plots import short
 
@@ -54,8 +54,8 @@ def _p_value(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _difference(row: pd.Series) -> tuple[str, str]:
-    """The Δ and p cells of a row."""
+def _difference(row: pd.Series, correction: str) -> tuple[str, str]:
+    """The Δ and p cells of a row (the p adjusted for the rows compared)."""
     import pandas as pd
 
     if row["baseline"]:
@@ -73,8 +73,20 @@ def _difference(row: pd.Series) -> tuple[str, str]:
     star = " *" if row["significant"] else ""
     return (
         f"{diff} [{row['diff_low']:+.2f}, {row['diff_high']:+.2f}]",
-        f"{_p_value(row['p_value'])} ({row['test']}){star}",
+        f"{_p_value(shown_p(row, correction))} ({row['test']}){star}",
     )
+
+
+def _detectable(row: pd.Series) -> str:
+    """The smallest difference a row's seeds could have shown, where a test was made."""
+    return "" if missing(row.get("detectable_diff")) else f"{row['detectable_diff']:.2f}"
+
+
+def p_heading(correction: str) -> str:
+    return "p" if correction == "none" else f"p ({CORRECTION_NAMES[correction]})"
+
+
+CORRECTION_NAMES = {"holm": "Holm", "bonferroni": "Bonferroni", "none": "uncorrected"}
 
 
 def shown_columns(table: pd.DataFrame, keys: list[str], headline: bool) -> list[Column]:
@@ -92,28 +104,35 @@ def shown_columns(table: pd.DataFrame, keys: list[str], headline: bool) -> list[
     return shown
 
 
-def to_markdown(table: pd.DataFrame, keys: list[str], headline: bool = False) -> str:
-    """The table as markdown: the varying choices first (they name the rows), then the model
-    and the measurements (for ``headline``, the few that matter most), then how sure the
-    accuracy is, at the table's own confidence."""
-    import pandas as pd
-
+def table_cells(table: pd.DataFrame, keys: list[str], headline: bool = False) -> dict[str, list]:
+    """The table's cells by heading, as written: the varying choices first (they name the
+    rows), then the model and the measurements (for ``headline``, the few that matter most),
+    then how sure the accuracy is, at the table's own confidence."""
     rows = [row for _, row in table.iterrows()]
     cells = {key: [_override_cell(row.get(f"override:{key}")) for row in rows] for key in keys}
     for column in shown_columns(table, keys, headline):
         cells[column.heading] = [
             _cell(column, row.get(column.name), row.get(f"{column.name}_std")) for row in rows
         ]
-    ci = ci_heading(table.attrs.get("confidence", 0.95))
-    differences = [_difference(row) for row in rows]
-    cells |= {
+    ci = ci_heading(table.attrs["confidence"])
+    correction = table.attrs["correction"]
+    differences = [_difference(row, correction) for row in rows]
+    return cells | {
         ci: [_interval(row) for row in rows],
         "n": [str(n) for n in table["n"]],
         f"Δ best top-1 vs baseline [{ci}]": [d for d, _ in differences],
-        "p": [p for _, p in differences],
+        p_heading(correction): [p for _, p in differences],
+        "smallest Δ seen": [_detectable(row) for row in rows],
         "status": list(table["status"]),
     }
-    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def to_markdown(table: pd.DataFrame, keys: list[str], headline: bool = False) -> str:
+    """The table as markdown (its cells as ``table_cells`` writes them)."""
+    import pandas as pd
+
+    cells = pd.DataFrame(table_cells(table, keys, headline))
+    return cells.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def footer(runs: pd.DataFrame, curves: pd.DataFrame, sweep: dict[str, Any]) -> str:
@@ -137,15 +156,50 @@ def footer(runs: pd.DataFrame, curves: pd.DataFrame, sweep: dict[str, Any]) -> s
 
 
 def how_to_read(table: pd.DataFrame) -> str:
-    confidence = table.attrs.get("confidence", 0.95)
+    confidence = table.attrs["confidence"]
     ci = ci_heading(confidence)
     base = table.loc[table["baseline"], "label"].iloc[0]
     return (
         f"Best top-1 is the mean ± standard deviation over the n seeds that completed; "
         f"{ci} is its Student-t interval. Δ is each row's mean best top-1 minus the baseline's "
         f"(`{base}`), with its {ci} and two-sided p-value: paired by seed where both rows ran "
-        f"the same seeds, Welch's t-test otherwise; * marks p < {1 - confidence:.3g}. With n=1 "
-        "there is no interval.\n"
+        f"the same seeds, Welch's t-test otherwise. {correction_text(table)} * marks p < "
+        f"{1 - confidence:.3g}. With n=1 there is no interval. *Smallest Δ seen* is the "
+        "difference that the row's seeds, with their spread and number, would just have "
+        "shown as significant: a row that is not significant may still differ by less than "
+        "that, unseen.\n"
+    )
+
+
+def correction_text(table: pd.DataFrame) -> str:
+    """How the p-values were adjusted, over how many rows."""
+    correction, compared = table.attrs["correction"], table.attrs["compared"]
+    if correction == "none":
+        return f"The p-values are not adjusted for the {compared} rows compared."
+    way = "Holm's step-down" if correction == "holm" else "Bonferroni's"
+    return (
+        f"The p-values shown are adjusted for the {compared} rows compared by {way} "
+        f"correction (the raw ones are in comparison.csv, `p_value`)."
+    )
+
+
+def not_significant_text(table: pd.DataFrame) -> str:
+    """What each row compared without a significant difference could not have shown."""
+    lines = []
+    for _, row in table[~table["baseline"] & ~table["significant"]].iterrows():
+        if missing(row.get("detectable_diff")):
+            continue
+        lines.append(
+            f"- `{row['label']}`: not significant ({row['diff_best_top1']:+.2f}); a "
+            f"difference under {row['detectable_diff']:.2f} points could not have been seen "
+            f"with {row['n']} seeds"
+        )
+    return (
+        "What the rows without a significant difference could not show:\n\n"
+        + "\n".join(lines)
+        + "\n"
+        if lines
+        else ""
     )
 
 
