@@ -105,7 +105,7 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", nargs="?", type=Path, help="a multirun directory")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead")
@@ -149,6 +149,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume", action="store_true", help="with --reproduce: finish a stopped reproduction"
     )
+    return parser
+
+
+def rebuild(args: argparse.Namespace) -> int:
+    """A sweep's results folder written again, from its records or from W&B."""
+    try:
+        runs, curves, name, source = read_runs(args)
+        if runs.empty:
+            raise ConfigError(f"no runs found in {source}")
+        out_dir = args.results / name
+        table = build_table(runs, curves, out_dir, source, args)
+    except (ConfigError, ReportError) as err:
+        return exit_code_of(err)
+    print(f"{table.attrs['headline']}\nComparison of {len(runs)} runs in {out_dir}/")
+    for note in table.attrs["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.reproduce:
         return reproduce(args)
@@ -170,18 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--wandb needs --group (the sweep's name, which is its W&B group)")
     if not args.wandb and (args.sweep_dir is None or not args.sweep_dir.is_dir()):
         parser.error(f"sweep directory not found: {args.sweep_dir}")
-    try:
-        runs, curves, name, source = read_runs(args)
-        if runs.empty:
-            raise ConfigError(f"no runs found in {source}")
-        out_dir = args.results / name
-        table = build_table(runs, curves, out_dir, source, args)
-    except (ConfigError, ReportError) as err:
-        return exit_code_of(err)
-    print(f"{table.attrs['headline']}\nComparison of {len(runs)} runs in {out_dir}/")
-    for note in table.attrs["notes"]:
-        print(f"note: {note}", file=sys.stderr)
-    return 0
+    return rebuild(args)
 
 
 if __name__ == "__main__":

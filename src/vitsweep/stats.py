@@ -103,7 +103,7 @@ def compare(
 CORRECTIONS = ("holm", "bonferroni", "none")
 
 
-def adjust(p_values: Sequence[float], method: str = "holm") -> list[float]:
+def adjust(p_values: Sequence[float], method: str) -> list[float]:
     """The p-values adjusted for their number (nan, a comparison that had no test, is kept and
     not counted): Holm's step-down, Bonferroni's single step, or ``none``. Both are the
     textbook definitions, checked against statsmodels' ``multipletests`` in the tests."""
