@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import QUICK, invoke
+from tests.helpers import QUICK, invoke, slurm_missing
 from vitsweep.config import compose_config
 from vitsweep.record import RunRecord
 
@@ -62,6 +62,14 @@ def signal_after_epoch(monkeypatch, request):
         monkeypatch.setattr(RunRecord, "end_epoch", end_epoch_then_signal)
 
     return arm
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """A SLURM cluster that takes jobs (.ci/slurm's), or the test is skipped, saying why."""
+    why = slurm_missing()
+    if why:
+        pytest.skip(why)
 
 
 @pytest.fixture

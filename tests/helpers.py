@@ -28,6 +28,38 @@ CONF = CONF_DIR
 TINY = ["data=digits", "data.subset=64", "model.depth=1", "trainer.batch_size=32", "logger=none"]
 QUICK = [*TINY, "trainer.epochs=2"]
 
+# A sweep's jobs on the one-node cluster of .ci/slurm: one CPU and 1 GB each, no GPU, 5 minutes.
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.gpus_per_node=null",
+    "hydra.launcher.timeout_min=5",
+]
+
+
+def slurm_missing() -> str | None:
+    """Why no SLURM cluster can take the tests' jobs here (None: one answers). ``.ci/run``
+    starts one (``.ci/slurm``) and sets VITSWEEP_TEST_SLURM=1 and SLURM_CONF."""
+    if not os.environ.get("VITSWEEP_TEST_SLURM"):
+        return "no SLURM cluster: VITSWEEP_TEST_SLURM is unset (.ci/slurm starts one)"
+    try:
+        found = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"no SLURM cluster answers: sinfo: {err}"
+    up = {"idle", "mix", "alloc", "comp"}  # a node that takes jobs, busy or not
+    if found.returncode != 0 or not up & set(found.stdout.split()):
+        return f"no SLURM node is up: sinfo says {(found.stdout + found.stderr).strip()[:200]!r}"
+    return None
+
+
+def sacct(job: str) -> str:
+    """The state ``sacct`` gives a SLURM job (``12_1``), its allocation only."""
+    command = ["sacct", "-j", job, "-X", "-n", "-P", "-o", "State"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30).stdout.strip()
+
 
 @dataclass
 class Result:

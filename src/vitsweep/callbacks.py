@@ -53,11 +53,13 @@ from vitsweep.report.pipeline import tracker_report
 from vitsweep.search import SWEEP_STARTED, check_search, write_search_report
 from vitsweep.settings import ReportSettings, check_sweep_name, may_differ_on_resume
 from vitsweep.signals import SWEEP_PID, interrupt_on_sigterm, restore_sigterm
+from vitsweep.slurm import check_array_size, max_array_size
 from vitsweep.sweep import (
     check_results_folder,
     claim_sweep,
     git_commit,
     harness_state,
+    holds_jobs,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,6 +119,14 @@ def check_no_repeated_job(config: DictConfig) -> None:
                 "in a list of choices"
             )
         seen.add(key)
+
+
+def check_cluster_limits(config: DictConfig) -> None:
+    """A grid for SLURM larger than the cluster's job arrays may be: refused before anything
+    is claimed, and before Hydra composes each job to check it (a quarter second a job)."""
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    if "slurm" in launcher.lower() and uses_basic_sweeper(config):
+        check_array_size(len(sweep_jobs(config)), max_array_size())
 
 
 def size_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
@@ -237,6 +247,7 @@ class ClaimDirectories(Callback):
                 "harness": harness,
             }
             check_no_repeated_job(config)
+            check_cluster_limits(config)
             check_baseline(config, report_settings(config).baseline)  # before any claim
             sweep_dir = Path(config.hydra.sweep.dir)
             out_dir = results_root(config) / about["name"]
@@ -302,7 +313,8 @@ class ComparisonReport(Callback):
         self.previous_sigterm = None
 
     def _report_on_exit(self) -> None:
-        if self.config is not None:
+        # A sweep refused before any job (SLURM would not take its jobs) has no table to show.
+        if self.config is not None and holds_jobs(Path(self.config.hydra.sweep.dir)):
             print("\nThe sweep stopped early; the table of what it has:", file=sys.stderr)
             self.report(self.config)
 

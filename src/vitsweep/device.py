@@ -1,9 +1,11 @@
 """Turning ``device=...`` into a torch.device, with one clear error when it is not there, and
 spreading a sweep's jobs over every GPU of the machine; choosing the precision that suits it."""
 
+import os
 import re
 import statistics
 import time
+from collections.abc import Mapping
 
 import torch
 
@@ -42,6 +44,24 @@ def resolve_device(name: str, job_num: int | None = None) -> torch.device:
     if name == "cuda" and job_num is not None:
         return torch.device("cuda", job_num % torch.cuda.device_count())
     return torch.device(name)
+
+
+def cpus_given(environ: Mapping[str, str], affinity: int) -> int:
+    """The CPUs this process may use: its CPU affinity, cut to SLURM's ``cpus_per_task`` where
+    set (a cluster that binds no CPUs leaves the affinity at the whole node, and jobs packed on
+    it would each take every core)."""
+    given = environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(affinity, int(given)) if given.isdigit() and int(given) > 0 else affinity
+
+
+def use_given_cpus() -> int:
+    """torch's threads cut to the CPUs given (never raised: whoever chose fewer keeps them);
+    returns how many it uses."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    given = cpus_given(os.environ, affinity or 1)
+    if torch.get_num_threads() > given:
+        torch.set_num_threads(given)
+    return torch.get_num_threads()
 
 
 def device_label(device: torch.device) -> str:

@@ -162,6 +162,8 @@ def stop_of(err: BaseException, where: Path | None = None, epochs: int = 0) -> S
             f"interrupted: the last finished epoch is saved in {where}; rerun the same "
             "command with trainer.resume=true to carry on"
         )
+        if str(err) == "SIGUSR2":  # a scheduler's time-limit warning: the job requeues itself
+            line = f"interrupted near the time limit: the last finished epoch is saved in {where}"
         return Stop(
             "interrupted",
             {"error": f"interrupted ({str(err) or 'SIGINT'})"},

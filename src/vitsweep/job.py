@@ -17,6 +17,7 @@ job of a multirun; the config it takes is plain data (``vitsweep.config.plain``)
 
 import contextlib
 import logging
+import os
 import platform
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,15 +29,16 @@ from hydra.utils import get_object, instantiate
 
 from vitsweep.config import without_resume
 from vitsweep.data import Splits, build_loaders, complete_settings, fingerprint, load_splits
-from vitsweep.device import device_label, resolve_device, resolve_precision
-from vitsweep.errors import ConfigError, end_with, require, stop_of
+from vitsweep.device import device_label, resolve_device, resolve_precision, use_given_cpus
+from vitsweep.errors import ConfigError, end_with, first_line, require, stop_of
 from vitsweep.fields import check_fields
 from vitsweep.hooks import Hook
 from vitsweep.measure import describe_model
 from vitsweep.models.vit import ATTENTION_ARGS, EMBEDDING_ARGS
 from vitsweep.record import RunRecord
 from vitsweep.settings import RECORDED, DataSettings, ReportSettings, RunConfig, TrainerSettings
-from vitsweep.signals import OrphanWatch, sigterm_interrupts
+from vitsweep.signals import OrphanWatch, WarningWatch, sigterm_interrupts
+from vitsweep.slurm import job_id, restarts
 from vitsweep.train import build_optimizer, fit
 
 log = logging.getLogger("vitsweep.run")
@@ -141,6 +143,7 @@ def build(config: dict[str, Any], job_num: int | None = None) -> Parts:
     ok = check(config)
     run, settings, data = ok.run, ok.settings, ok.data
     device = resolve_device(**run.device, job_num=job_num)
+    use_given_cpus()  # a cluster's job trains on the CPUs it was given, not the whole node's
     if device.type == "cuda":  # what allocates on "the current GPU" must use the job's
         torch.cuda.set_device(device)
     settings = replace(settings, precision=resolve_precision(settings.precision, device))
@@ -229,8 +232,9 @@ class JobLife:
         resume = (config.get("trainer") or {}).get("resume", False)
         require(isinstance(resume, bool), "trainer.resume", resume, "true or false")
         config = recorded_config(config, self.job)
+        restarted = restarts(os.environ) > 0  # requeued: the same task, carried on where it was
         try:
-            record = RunRecord.claim(self.job.run_dir, config, resume)
+            record = RunRecord.claim(self.job.run_dir, config, resume, restarted)
         except ConfigError:
             check(config)  # a bad field says more than "holds another run"
             raise
@@ -240,6 +244,8 @@ class JobLife:
             finally:
                 record.release()
             log.info("%s is already %s; skipped", self.job.run_dir, record.summary["status"])
+        elif job_id(os.environ) is not None:  # which SLURM job it is, and how often it restarted
+            record.update(slurm_job_id=job_id(os.environ), slurm_restarts=restarts(os.environ))
         self.record = record
         return record
 
@@ -262,6 +268,17 @@ class JobLife:
         except OSError as write_err:
             log.warning("the run's status could not be recorded: %s", write_err)
 
+    def hand_on(self, warning: WarningWatch) -> None:
+        """A time-limit warning that came, to the launcher, which requeues the job; where no
+        requeue is left (``max_num_timeout``), the record says ``timeout``."""
+        try:
+            warning.hand_on()
+        except Exception as err:
+            if self.record is not None:
+                why = f"its time limit came with no requeue left ({first_line(err)})"
+                self.record.update(status="timeout", error=why)
+            raise
+
     def finish(self, ok: bool) -> None:
         """Tell the tracker how the run ended and give the directory back."""
         if self.tracker is not None and self.record is not None:
@@ -273,13 +290,13 @@ class JobLife:
 
 @contextlib.contextmanager
 def job_life(job: JobInfo) -> Iterator[JobLife]:
-    """A job's whole life in one try/except/finally: SIGTERM interrupts it as Ctrl-C does, a
-    worker whose sweep is gone stops; whatever stops it becomes its record's status, one line
-    and an exit code (``vitsweep.errors.stop_of``); the tracker and the directory are released
-    at the end, whatever happened."""
-    life, ok, orphan = JobLife(job), False, OrphanWatch()
+    """A job's whole life in one try/except/finally: SIGTERM and a time-limit warning
+    interrupt it as Ctrl-C does, a worker whose sweep is gone stops; whatever stops it
+    becomes its record's status, one line and an exit code (``vitsweep.errors.stop_of``); the
+    tracker and the directory are released at the end, whatever happened."""
+    life, ok, orphan, warning = JobLife(job), False, OrphanWatch(), WarningWatch()
     try:
-        with sigterm_interrupts(), orphan.watching():
+        with sigterm_interrupts(), warning.watching(), orphan.watching():
             yield life
         ok = True
     except (KeyboardInterrupt, Exception) as err:
@@ -290,6 +307,7 @@ def job_life(job: JobInfo) -> Iterator[JobLife]:
     finally:
         life.finish(ok)
         orphan.exit_if_orphaned()  # a worker whose sweep is gone ends, its record written
+        life.hand_on(warning)  # near its time limit, its record written: requeued by SLURM
 
 
 def run_job(config: dict[str, Any], job: JobInfo, hooks: Sequence[Hook] = ()) -> JobResult:

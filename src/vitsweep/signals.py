@@ -4,6 +4,10 @@
   Ctrl-C does, as a ``KeyboardInterrupt`` whose message names the signal.
 - ``signals_held``: Ctrl-C and SIGTERM wait while an epoch's files are written, so the history
   row, the summary and the checkpoint always agree.
+- ``WarningWatch``: a scheduler's warning that the time limit is near (USR2, which submitit
+  asks SLURM for, ``signal_delay_s`` before it) stops the job as SIGTERM does, its last whole
+  epoch kept; once the record says so, the launcher's own handler (submitit's: requeue the job,
+  or say that no requeue is left) is handed the signal.
 - ``OrphanWatch``: a job running in a worker process of a parallel launcher (joblib) stops
   itself, as if interrupted, when the sweep's main process is gone (killed with ``kill -9``,
   say), instead of training on for nobody; then the worker ends.
@@ -23,6 +27,8 @@ from typing import Any
 from vitsweep.errors import end_orphaned_worker
 
 SWEEP_PID = "VITSWEEP_SWEEP_PID"  # the main process of a running sweep, for its workers: pid@host
+# What a scheduler sends before the time limit: submitit's SLURM jobs ask for USR2.
+WARNINGS = (signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ()  # none on Windows
 
 
 def raise_interrupt(signum: int, frame: object) -> None:
@@ -59,14 +65,15 @@ def sigterm_interrupts() -> Iterator[None]:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back for the duration; one that arrives is raised again right
-    after. (Swapping the handlers holds them back where masking would not: Python runs the
-    handler in the main thread whichever thread the OS delivered the signal to.)"""
+    """Hold Ctrl-C, SIGTERM and a time-limit warning back for the duration; one that arrives
+    is raised again right after. (Swapping the handlers holds them back where masking would
+    not: Python runs the handler in the main thread whichever thread the OS delivered the
+    signal to.)"""
     if not _in_main_thread():
         yield
         return
     pending: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
+    held = (signal.SIGINT, signal.SIGTERM, *WARNINGS)
     previous = {
         sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in held
     }
@@ -77,6 +84,41 @@ def signals_held() -> Iterator[None]:
             signal.signal(sig, handler)
         if pending:
             signal.raise_signal(pending[0])
+
+
+class WarningWatch:
+    """A job of a launcher that handles the time-limit warning (submitit's SLURM jobs: USR2):
+    the warning interrupts the job as SIGTERM does, so its record says ``interrupted`` with its
+    last whole epoch saved, instead of the launcher's handler ending it mid-epoch; then
+    ``hand_on`` gives the signal to that handler, which requeues the job (it carries on from
+    that epoch) or, with no requeue left, ends it. Where nobody handles the signal, nothing
+    changes."""
+
+    def __init__(self) -> None:
+        self.launchers: Any = None
+        self.caught: int | None = None
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        if not WARNINGS or not _in_main_thread() or not callable(signal.getsignal(WARNINGS[0])):
+            yield
+            return
+
+        def warned(signum: int, frame: object) -> None:
+            self.caught = signum
+            raise_interrupt(signum, frame)
+
+        self.launchers = signal.signal(WARNINGS[0], warned)
+        try:
+            yield
+        finally:
+            signal.signal(WARNINGS[0], self.launchers)
+
+    def hand_on(self) -> None:
+        """The launcher's handler, given the warning that came (once the record is written)."""
+        if self.caught is not None and callable(self.launchers):
+            caught, self.caught = self.caught, None
+            self.launchers(caught, None)
 
 
 def _alive(pid: int) -> bool:

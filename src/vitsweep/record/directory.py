@@ -49,10 +49,12 @@ class RunRecord(Hook):
         return self.run_dir / "checkpoint.pt"
 
     @classmethod
-    def claim(cls, run_dir: Path, config: dict[str, Any], resume: bool) -> "RunRecord":
+    def claim(
+        cls, run_dir: Path, config: dict[str, Any], resume: bool, restarted: bool = False
+    ) -> "RunRecord":
         """Take ``run_dir`` for this run, or refuse with one line and leave it untouched:
         started afresh, carried on from its checkpoint, or left as it is when it is done
-        (``vitsweep.record.resume.decide_resume``)."""
+        (``vitsweep.record.resume.decide_resume``; ``restarted``: by its scheduler)."""
         record = cls(run_dir, config)
         try:
             record.run_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,7 @@ class RunRecord(Hook):
         record.lock.acquire()  # first: no other process can claim it while this one looks
         try:
             earlier = record.read_earlier()
-            action = decide_resume(record.run_dir, earlier, config, resume)
+            action = decide_resume(record.run_dir, earlier, config, resume, restarted)
             if action == "leave":
                 record.summary = earlier.summary  # nothing left to do: nothing rewritten
             else:

@@ -1,10 +1,13 @@
 """Whether a run directory is started, carried on or left alone: a pure function of the run
-found there, this run's config and ``trainer.resume``.
+found there, this run's config, ``trainer.resume``, and whether the scheduler restarted this
+very job (a requeue, a preemption, a self-requeue before the time limit).
 
 A directory with nothing worth keeping (none, or a run that failed before training) is started
 afresh either way. Without ``resume``, one that holds a run is refused. With it, the run must
 have the same config (the settings a resume may change left out); it carries on from its
-checkpoint, or is left alone if it is done.
+checkpoint, or is left alone if it is done. A job its scheduler restarted is resumed as if
+``resume`` were given: it is the same task, in its own directory, so it carries on from its
+last whole epoch instead of being refused.
 """
 
 from dataclasses import dataclass
@@ -62,11 +65,16 @@ def with_moved_targets(node: Any) -> Any:
 
 
 def decide_resume(
-    run_dir: Path, earlier: Earlier | None, config: dict[str, Any], resume: bool
+    run_dir: Path,
+    earlier: Earlier | None,
+    config: dict[str, Any],
+    resume: bool,
+    restarted: bool = False,
 ) -> Action:
     """``start`` afresh, ``carry_on`` (the earlier summary kept, from the checkpoint where there
     is one), or ``leave`` a finished run as it is; a refusal is one ConfigError naming both
-    ways on."""
+    ways on. ``restarted``: the scheduler started this same job again (SLURM_RESTART_COUNT)."""
+    resume = resume or restarted
     if earlier is None or (
         not earlier.started and earlier.summary.get("status") in (None, "failed", "running")
     ):

@@ -20,6 +20,7 @@ from vitsweep.errors import a_few
 from vitsweep.files import lock_is_held
 from vitsweep.report.columns import columns, is_number_or_none
 from vitsweep.settings import check_sweep_name, compared_on_resume
+from vitsweep.slurm import FATE, live_fate, merge_fate, read_fate
 from vitsweep.sweep import read_sweep_record
 
 if TYPE_CHECKING:  # pandas is imported where a table is made: a run stays light
@@ -129,10 +130,10 @@ def _read(path: Path, parse: Any) -> Any:
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """Every job's directory of a sweep: the folders right under it that hold a run record
     (Hydra puts job N in <sweep dir>/N), in job order. Deeper folders (a W&B run's files, an
-    older run that happens to lie below) are not the sweep's jobs."""
-    found = {
-        p.parent for name in ("config.yaml", "summary.json") for p in sweep_dir.glob(f"*/{name}")
-    }
+    older run that happens to lie below) are not the sweep's jobs. A SLURM job that has not
+    started (or was lost before it did) has only what SLURM says of it (``slurm.json``)."""
+    names = ("config.yaml", "summary.json", FATE)
+    found = {p.parent for name in names for p in sweep_dir.glob(f"*/{name}")}
     # numbers in numeric order, then other names: comparable keys whatever the names
     return sorted(found, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
@@ -140,7 +141,8 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 def read_job(job: Path, run_id: str) -> dict[str, Any]:
     """One job's row. A summary that is absent shows as ``missing``, one that cannot be read
     as ``unreadable``, and one that still says ``running`` while no process holds the
-    directory as ``stopped`` (killed, or its last writes failed)."""
+    directory as ``stopped`` (killed, or its last writes failed). A job SLURM ended for good
+    shows SLURM's status and reason (``vitsweep.slurm.merge_fate``)."""
     config = _read(job / "config.yaml", yaml.safe_load)
     summary = _read(job / "summary.json", json.loads)
     problems = [
@@ -157,8 +159,30 @@ def read_job(job: Path, run_id: str) -> dict[str, Any]:
     elif summary.get("status") == "running" and not lock_is_held(job):
         stale = "its record says running, but no process holds it (killed, or a write failed)"
         summary = summary | {"status": "stopped", "error": stale}
+    fate = read_fate(job)
+    if fate is not None and not problems:
+        fate = live_fate(fate)  # a job not over when its slurm.json was written: as it is now
+        summary = merge_fate(summary, fate)
+        config = config or never_started(fate.get("overrides"))
     overrides = config.get("overrides")
     return row_from_run(config, summary, overrides if isinstance(overrides, list) else [], run_id)
+
+
+def search_worker(job: Path) -> dict[str, Any] | None:
+    """What SLURM says of a search's worker job (None: the directory is no worker's; a
+    worker's holds no record of its own, its trials are the rows)."""
+    fate = read_fate(job)
+    overrides = fate.get("overrides") if fate else None
+    if not isinstance(overrides, list) or not any(str(o).startswith("search=") for o in overrides):
+        return None
+    return live_fate(fate)
+
+
+def never_started(overrides: Any) -> dict[str, Any]:
+    """What is known of a job lost before it started: its overrides (and its seed among them)."""
+    overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
+    seed = parse_overrides(overrides).get("seed")
+    return {"overrides": overrides} | ({"seed": int(seed)} if str(seed).isdigit() else {})
 
 
 def read_curve(path: Path, run_id: str) -> pd.DataFrame | str:
@@ -187,6 +211,10 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame
     rows, curves, notes, seen = [], [], [], {}
     for job in job_dirs(sweep_dir):
         run_id = str(job.relative_to(sweep_dir))
+        if (worker := search_worker(job)) is not None:  # its trials are the rows
+            if worker.get("state") != "COMPLETED":
+                notes.append(f"search worker {run_id}: {merge_fate({}, worker)['error']}")
+            continue
         record = record_of(job)
         if record is not None and (same := seen.setdefault(record, run_id)) != run_id:
             notes.append(f"{run_id} is a copy of {same} (the same record): counted once")

@@ -3,6 +3,7 @@ count against the budget (a trial retried after a lost worker or a resume counts
 
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,26 +25,45 @@ def storage_url(settings: SearchSettings, sweep_dir: Path) -> str:
     return settings.storage or f"sqlite:///{(Path(sweep_dir) / 'study.db').resolve()}"
 
 
+OPEN_TRIES = 3  # workers a cluster starts at one instant race to create a new storage's tables
+
+
 def open_study(settings: SearchSettings, sweep_dir: Path, name: str) -> Any:
     """The sweep's study (created by the first to ask), with its sampler and pruner; a storage
-    that cannot be opened is one ConfigError."""
+    that cannot be opened is one ConfigError. A worker that lost the race to create the
+    storage's tables (SLURM starts an array's workers together) opens it again."""
+    url = storage_url(settings, sweep_dir)
+    for attempt in range(OPEN_TRIES):
+        try:
+            return create_study(settings, url, name)
+        except Exception as err:
+            if attempt + 1 == OPEN_TRIES or not lost_a_race(err):
+                raise ConfigError(
+                    f"search.storage={url}: cannot be opened ({first_line(err)})"
+                ) from None
+            time.sleep(1 + attempt)
+    return None  # not reached: the last attempt returns or raises
+
+
+def lost_a_race(err: Exception) -> bool:
+    """Another worker was creating the same storage's tables or study at that instant."""
+    said = f"{type(err).__name__}: {err}"
+    return any(w in said for w in ("IntegrityError", "already exists", "database is locked"))
+
+
+def create_study(settings: SearchSettings, url: str, name: str) -> Any:
     import optuna
 
-    url = storage_url(settings, sweep_dir)
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = open_storage(url, settings.heartbeat_s)
-            return optuna.create_study(
-                study_name=name,
-                storage=storage,
-                direction="maximize",
-                load_if_exists=True,
-                sampler=build_sampler(settings),
-                pruner=build_pruner(settings),
-            )
-    except Exception as err:
-        raise ConfigError(f"search.storage={url}: cannot be opened ({first_line(err)})") from None
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.create_study(
+            study_name=name,
+            storage=open_storage(url, settings.heartbeat_s),
+            direction="maximize",
+            load_if_exists=True,
+            sampler=build_sampler(settings),
+            pruner=build_pruner(settings),
+        )
 
 
 def open_storage(url: str, heartbeat_s: int) -> Any:
@@ -181,10 +201,14 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def retry_stale(study: Any, started: float, sweep_dir: Path) -> None:
+def retry_stale(
+    study: Any, started: float, sweep_dir: Path, only_worker: int | None = None
+) -> None:
     """On resume: a trial cut short by the last run of the sweep (still marked running, or
     failed with a record that says interrupted) is tried again by a new trial that carries on
-    in its run directory (``vitsweep.search.worker.run_trial``), counted once."""
+    in its run directory (``vitsweep.search.worker.run_trial``), counted once. A worker that
+    SLURM restarted (``only_worker``) retries its own cut trial alone, running or failed: no
+    other worker runs it."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -192,10 +216,11 @@ def retry_stale(study: Any, started: float, sweep_dir: Path) -> None:
     for trial in trials:
         status = read_summary(Path(sweep_dir) / f"trial_{trial.number}").get("status")
         began = trial.datetime_start.timestamp() if trial.datetime_start else started
-        cut = (trial.state == TrialState.RUNNING and began < started) or (
+        mine = only_worker is not None and trial.user_attrs.get("worker") == only_worker
+        cut = (trial.state == TrialState.RUNNING and (began < started or mine)) or (
             trial.state == TrialState.FAIL and status in ("interrupted", "running", "stopped")
         )
-        if not cut or trial.number in retried:
+        if not cut or trial.number in retried or (only_worker is not None and not mine):
             continue
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # a heartbeat
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})  # may be first

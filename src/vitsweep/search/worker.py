@@ -23,6 +23,7 @@ from vitsweep.search.study import (
     search_settings,
 )
 from vitsweep.settings import SearchSettings
+from vitsweep.slurm import restarts
 
 SWEEP_STARTED = "VITSWEEP_SWEEP_STARTED"  # when this run of the sweep began (a resume's cut)
 
@@ -94,6 +95,8 @@ def run_worker(config: dict[str, Any], job: JobInfo) -> None:
     reseed(study, settings, started)  # a resumed search draws on, not its first trials again
     if (config.get("trainer") or {}).get("resume") and settings.worker == 0:
         retry_stale(study, started, worker.sweep_dir)
+    elif restarts(os.environ) > 0:  # requeued by SLURM: its own cut trial carries on
+        retry_stale(study, started, worker.sweep_dir, only_worker=settings.worker)
     with failed_trials_in_one_line():
         while count_trials(study) < settings.trials:
             study.optimize(lambda t: run_trial(t, worker), n_trials=1, catch=(TrialFailed,))
@@ -160,9 +163,9 @@ def run_trial(trial: Any, worker: Worker) -> float:
         num=worker.job.num,
     )
     prune = PruneTrial(trial, worker.settings.startup_epochs, int(config["trainer"]["epochs"]))
-    result = run_job(config, trial_job, hooks=[prune])
     trial.set_user_attr("run_dir", os.path.relpath(run_dir))  # as the sweep's own paths read
-    trial.set_user_attr("worker", worker.settings.worker)
+    trial.set_user_attr("worker", worker.settings.worker)  # before: a requeue finds its own
+    result = run_job(config, trial_job, hooks=[prune])
     if result.status == "pruned":
         raise optuna.TrialPruned()
     if result.status != "completed" or result.summary.get("best_val_acc") is None:
