@@ -332,6 +332,25 @@ def test_jobs_outlive_their_submitter_and_report_py_shows_the_sweep_at_any_time(
 
 
 @pytest.mark.slow
+def test_submit_and_go_returns_at_once_and_a_job_of_its_own_writes_the_table(
+    tmp_path, slurm_cluster
+):
+    """hydra.launcher.wait=false: the sweep's process returns while its jobs are still with
+    SLURM; the table's job, which waits on the array, writes results/<sweep> once they end."""
+    grid = [*SLURM, "hydra.launcher.wait=false", *TINY, "trainer.epochs=2", "seed=0,1"]
+    sweep = spawn(["-m", *grid, "report.correction=bonferroni", "sweep_name=go"], tmp_path)
+    code, out, err = ended(sweep, 60)
+    assert code == 0, err
+    job = read_json(tmp_path / "multirun/go/slurm_report.json")["job_id"]
+    assert f"Submitted; SLURM job {job} writes the table" in out
+    assert not (tmp_path / "results/go").exists()  # nothing has ended yet: no table
+    table = tmp_path / "results/go/comparison.csv"
+    wait_for(lambda: table.exists() and "COMPLETED" in sacct(job), 180)
+    assert "bonferroni" in (tmp_path / "results/go/comparison.md").read_text().lower()
+    assert "completed" in table.read_text()
+
+
+@pytest.mark.slow
 def test_cancelled_jobs_running_or_pending_are_rows_with_slurms_reason(tmp_path, slurm_cluster):
     """One job at a time: job 0 finishes, job 1 is cancelled at epoch 2, job 2 while it
     waits. The table of all three is written, each lost job's row says CANCELLED, and the

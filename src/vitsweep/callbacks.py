@@ -53,7 +53,7 @@ from vitsweep.report.pipeline import tracker_report
 from vitsweep.search import SWEEP_STARTED, check_search, write_search_report
 from vitsweep.settings import ReportSettings, check_sweep_name, may_differ_on_resume
 from vitsweep.signals import SWEEP_PID, interrupt_on_sigterm, restore_sigterm
-from vitsweep.slurm import check_array_size, max_array_size
+from vitsweep.slurm import check_array_size, max_array_size, submitted_here
 from vitsweep.sweep import (
     check_results_folder,
     claim_sweep,
@@ -303,6 +303,13 @@ class ComparisonReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._stop_watching()
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if job := submitted_here(sweep_dir):  # hydra.launcher.wait=false: nothing ended yet
+            print(
+                f"Submitted; SLURM job {job} writes the table once every job has ended. "
+                f"Meanwhile: python src/report.py {sweep_dir}"
+            )
+            return
         not_completed = self.report(config)
         if not_completed:  # the table is written; the exit code still says something failed
             end_with(Unfinished(f"{not_completed} jobs did not finish"))

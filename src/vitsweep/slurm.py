@@ -11,10 +11,15 @@
   partition refuses at ``sbatch``, each one line before anything runs.
 - ``failed_record``: a job whose record says it failed, so that its SLURM job fails too
   (``sacct`` says FAILED, not COMPLETED).
+- ``submit_report_job``: submit and go (``hydra.launcher.wait=false``): one more job, which
+  starts once every job of the sweep's array has ended and writes its table.
 """
 
 import json
+import os
 import re
+import shlex
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -199,3 +204,49 @@ def refusal(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     said = [line for line in lines if "error:" in line] or lines or [type(err).__name__]
     return said[-1].removeprefix("sbatch: ").removeprefix("error: ")
+
+
+REPORT_JOB = "slurm_report.json"  # in a sweep's directory: the job that writes its table
+
+
+def report_command(python: str, report_py: Path, sweep_dir: Path, args: list[str]) -> str:
+    """The shell command of the job that writes a sweep's table."""
+    return shlex.join([python, str(report_py), str(sweep_dir), *args])
+
+
+def submit_report_job(array_job: str, sweep_dir: Path, command: str, partition: str | None) -> str:
+    """Submit the job that runs ``command`` once every job of ``array_job`` has ended, however
+    it ended; returns its id and keeps it in the sweep's directory, with who submitted it."""
+    sbatch = [
+        "sbatch",
+        "--parsable",
+        f"--dependency=afterany:{array_job.split('_')[0]}",
+        "--kill-on-invalid-dep=yes",
+        "--cpus-per-task=1",
+        "--mem=2G",
+        "--time=30",
+        f"--job-name={sweep_dir.name}-table",
+        f"--output={sweep_dir / 'report-%j.out'}",
+        *([f"--partition={partition}"] if partition else []),
+        f"--wrap={command}",
+    ]
+    done = subprocess.run(sbatch, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ConfigError(f"the table's job was not taken: {done.stderr.strip() or done.stdout}")
+    job = done.stdout.strip().split(";")[0]
+    about = {"job_id": job, "after": array_job, "submitter": submitter(), "command": command}
+    write_atomic(sweep_dir / REPORT_JOB, json.dumps(about, indent=2) + "\n")
+    return job
+
+
+def submitter() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def submitted_here(sweep_dir: Path) -> str | None:
+    """The id of the table's job, if this very process submitted the sweep without waiting."""
+    try:
+        about = json.loads((sweep_dir / REPORT_JOB).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(about.get("job_id")) if about.get("submitter") == submitter() else None

@@ -17,6 +17,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from vitsweep.slurm import (
     fate_of,
     max_array_size,
     refusal,
+    report_command,
+    submit_report_job,
     write_fate,
 )
 
@@ -48,6 +51,8 @@ except ImportError:  # no launchers extra: the class below stays abstract, and H
     from hydra.plugins.launcher import Launcher as SubmititSlurmLauncher
 
 log = logging.getLogger(__name__)
+REPORT_PY = Path(__file__).resolve().parents[2] / "report.py"  # src/report.py: the table's job
+REPORT_FLAGS = ("baseline", "confidence", "correction")  # report.* as report.py's flags
 
 
 class JobFailed(RuntimeError):
@@ -78,13 +83,32 @@ class SlurmLauncher(SubmititSlurmLauncher):
         numbered = list(enumerate(zip(jobs, job_overrides), start=initial_job_idx))
         for num, (job, overrides) in numbered:  # a table made meanwhile shows it pending
             write_fate(self._job_dir(list(overrides), num), Fate(job.job_id, SUBMITTED), overrides)
+        if not self.params.get("wait", True):
+            return self._go(jobs[0].job_id, job_overrides)
         return [self._outcome(job, list(overrides), num) for num, (job, overrides) in numbered]
+
+    def _go(self, array_job: str, job_overrides: Sequence[Sequence[str]]) -> list[JobReturn]:
+        """Submit and go: one more job writes the table once every job has ended; this
+        process returns at once (``ComparisonReport`` says so instead of a table)."""
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        results = OmegaConf.select(self.config, "hydra.callbacks.comparison.results_dir")
+        args = ["--results", str(Path(str(results or "results")).resolve())]
+        report = self.config.get("report") or {}
+        args += [f"--{k}={report[k]}" for k in REPORT_FLAGS if report.get(k) is not None]
+        command = report_command(sys.executable, REPORT_PY, sweep_dir, args)
+        try:
+            job = submit_report_job(array_job, sweep_dir, command, self.params.get("partition"))
+        except ConfigError as err:
+            end_with(err)
+        log.info("submitted; SLURM job %s writes the table once they have all ended", job)
+        return [JobReturn(overrides=list(o), status=JobStatus.COMPLETED) for o in job_overrides]
 
     def _executor(self) -> Any:
         """submitit's executor with this launcher's parameters, as the plugin builds it."""
         import submitit  # as the plugin does: plugin discovery stays fast
 
-        init_keys = {"submitit_folder", "max_num_timeout"}
+        init_keys = {"submitit_folder", "max_num_timeout", "wait"}
         executor = submitit.AutoExecutor(
             cluster=self._EXECUTOR,
             folder=self.params["submitit_folder"],
