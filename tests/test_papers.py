@@ -89,6 +89,12 @@ def test_the_smallest_difference_seen_is_where_significance_begins():
     bonferroni = comparison_table(_runs(), ReportSettings(correction="bonferroni"))
     wider = bonferroni.set_index("label")["detectable_diff"].dropna()
     assert (wider > table["detectable_diff"].dropna()).all()  # tested at 0.05 / 4
+    # Holm tests the row with the k-th smallest of m p-values at 0.05 / (m - k + 1)
+    holm = comparison_table(_runs()).set_index("label").dropna(subset=["detectable_diff"])
+    ranked = holm.sort_values("p_value")
+    for k, (_, row) in enumerate(ranked.iterrows()):
+        level = 0.05 / (len(ranked) - k)
+        assert (abs(row["diff_best_top1"]) > row["detectable_diff"]) == (row["p_value"] < level)
 
 
 def test_comparison_md_says_the_correction_and_what_was_not_seen(tmp_path):
@@ -100,10 +106,14 @@ def test_comparison_md_says_the_correction_and_what_was_not_seen(tmp_path):
     quiet = table[~table["baseline"] & ~table["significant"]]
     assert len(quiet)
     for _, row in quiet.iterrows():
-        assert (
+        unseen = (
             f"a difference under {row['detectable_diff']:.2f} points could not have been seen "
-            "with 3 seeds" in text
+            "with 3 seeds"
         )
+        stopped = "but Holm's correction stops at the first row that is not significant"
+        line = next(line for line in text.splitlines() if f"`{row['label']}`: not sig" in line)
+        assert (unseen in line) == (abs(row["diff_best_top1"]) < row["detectable_diff"])
+        assert (stopped in line) != (unseen in line)
     csv = pd.read_csv(tmp_path / "comparison.csv")
     assert {"p_value", "p_holm", "detectable_diff"} <= set(csv.columns)
 

@@ -123,8 +123,15 @@ def adjust(p_values: Sequence[float], method: str) -> list[float]:
     return adjusted
 
 
-def least_strict_level(alpha: float, method: str, m: int) -> float:
-    """The largest significance level any one of ``m`` comparisons is held to under a
-    correction: a difference that could not be seen at this level could not be seen at all
-    (Holm's last step, and no correction, test at ``alpha``; Bonferroni at ``alpha / m``)."""
-    return alpha / max(m, 1) if method == "bonferroni" else alpha
+def levels(p_values: Sequence[float], alpha: float, method: str) -> list[float]:
+    """The significance level each comparison is tested at under a correction (nan where no
+    test was made): ``alpha`` with none, ``alpha / m`` with Bonferroni, and with Holm
+    ``alpha / (m - k + 1)`` for the comparison with the k-th smallest p-value."""
+    tested = sorted(
+        (i for i, p in enumerate(p_values) if not math.isnan(p)), key=p_values.__getitem__
+    )
+    m = len(tested)
+    found = [math.nan] * len(p_values)
+    for rank, i in enumerate(tested):
+        found[i] = {"holm": alpha / (m - rank), "bonferroni": alpha / m}.get(method, alpha)
+    return found

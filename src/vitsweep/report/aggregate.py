@@ -17,7 +17,7 @@ from vitsweep.errors import ConfigError, a_few
 from vitsweep.record.summary import DONE, FINISHED
 from vitsweep.report.columns import columns
 from vitsweep.settings import ReportSettings
-from vitsweep.stats import adjust, compare, least_strict_level, mean_interval
+from vitsweep.stats import adjust, compare, levels, mean_interval
 
 if TYPE_CHECKING:  # pandas is imported where a table is made: a run stays light
     import pandas as pd
@@ -204,14 +204,15 @@ def add_comparisons(table: pd.DataFrame, baseline: int, report: ReportSettings) 
     """Each row's difference in best top-1 against the baseline row, with its interval, its
     raw p-value (paired by seed where both ran the same seeds, Welch otherwise), the p-value
     adjusted for the number of rows compared (``report.correction``; the stars follow it) and
-    the smallest difference its seeds could have shown."""
+    the smallest difference its seeds could have shown at the level the correction tests it
+    at."""
     reference = table["per_seed"].iloc[baseline]
     found = [compare(reference, per_seed, report.confidence) for per_seed in table["per_seed"]]
     raw = [math.nan if i == baseline else d.p for i, d in enumerate(found)]
     adjusted = adjust(raw, report.correction)
     compared = sum(not math.isnan(p) for p in raw)
     alpha = 1 - report.confidence
-    level = 1 - least_strict_level(alpha, report.correction, compared)
+    tested_at = levels(raw, alpha, report.correction)
     columns = {
         "baseline": [i == baseline for i in range(len(table))],
         "diff_best_top1": [d.diff for d in found],
@@ -222,7 +223,7 @@ def add_comparisons(table: pd.DataFrame, baseline: int, report: ReportSettings) 
         "test": [d.test for d in found],
         "significant": [p < alpha for p in adjusted],
         "detectable_diff": [
-            math.nan if i == baseline else d.detectable(level) for i, d in enumerate(found)
+            math.nan if math.isnan(a) else d.detectable(1 - a) for d, a in zip(found, tested_at)
         ],
     }
     table = table.assign(**columns)

@@ -25,7 +25,12 @@ from vitsweep.report.columns import from_config
 from vitsweep.report.manifest import without_keys
 from vitsweep.report.pipeline import write_report
 from vitsweep.report.read import job_dirs, load_sweep
-from vitsweep.settings import ReportSettings, check_sweep_name, compared_on_resume
+from vitsweep.settings import (
+    ReportSettings,
+    check_sweep_name,
+    compared_on_resume,
+    may_differ_on_resume,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,13 +104,23 @@ def filled_overrides(runs: pd.DataFrame) -> pd.DataFrame:
     it was not given (a sweep that did not vary ``embedding`` ran its default)."""
     runs = runs.copy()
     for column in [c for c in runs.columns if c.startswith("override:")]:
-        key = column.removeprefix("override:")
-        path = ("choices", key) if "." not in key else tuple(key.lstrip("+~").split("."))
+        key = column.removeprefix("override:").lstrip("+~")
         lacking = runs[column].isna()
         runs.loc[lacking, column] = [
-            from_config(*path)(config, {}) for config in runs.loc[lacking, "config"]
+            from_config(*path_of(key, config))(config, {}) for config in runs.loc[lacking, "config"]
         ]
     return runs
+
+
+def path_of(key: str, config: dict[str, Any]) -> tuple[str, ...]:
+    """Where an override key's value is in a recorded config: a group's choice, or a field."""
+    return ("choices", key) if key in (config.get("choices") or {}) else tuple(key.split("."))
+
+
+def row_keys(runs: pd.DataFrame) -> list[str]:
+    """The overrides that name the rows: those that vary and change what was trained (a
+    ``sweep_name`` or ``trainer.progress`` given to one sweep names no row)."""
+    return [k for k in varying_overrides(runs) if not may_differ_on_resume(k)]
 
 
 def check_shared_rows(runs: pd.DataFrame, keys: list[str]) -> None:
@@ -174,7 +189,9 @@ def compare_sweeps(
         raise ConfigError("--compare takes two or more different results folders")
     parts = [read_part(folder) for folder in folders]
     runs = filled_overrides(pd.concat([with_configs(p) for p in parts], ignore_index=True))
-    keys = varying_overrides(runs)
+    keys = row_keys(runs)
+    unnamed = [f"override:{k}" for k in varying_overrides(runs) if k not in keys]
+    runs = runs.drop(columns=unnamed)  # they changed nothing trained: no row is named by them
     check_same_data_and_recipe(parts, keys)
     check_shared_rows(runs, keys)
     name = check_sweep_name(name or "+".join(p.name for p in parts))

@@ -166,8 +166,8 @@ def how_to_read(table: pd.DataFrame) -> str:
         f"the same seeds, Welch's t-test otherwise. {correction_text(table)} * marks p < "
         f"{1 - confidence:.3g}. With n=1 there is no interval. *Smallest Δ seen* is the "
         "difference that the row's seeds, with their spread and number, would just have "
-        "shown as significant: a row that is not significant may still differ by less than "
-        "that, unseen.\n"
+        "shown as significant at the level the correction tests the row at: a row that is "
+        "not significant may still differ by less than that, unseen.\n"
     )
 
 
@@ -189,18 +189,22 @@ def not_significant_text(table: pd.DataFrame) -> str:
     for _, row in table[~table["baseline"] & ~table["significant"]].iterrows():
         if missing(row.get("detectable_diff")):
             continue
-        lines.append(
-            f"- `{row['label']}`: not significant ({row['diff_best_top1']:+.2f}); a "
-            f"difference under {row['detectable_diff']:.2f} points could not have been seen "
-            f"with {row['n']} seeds"
-        )
-    return (
-        "What the rows without a significant difference could not show:\n\n"
-        + "\n".join(lines)
-        + "\n"
-        if lines
-        else ""
-    )
+        said = f"- `{row['label']}`: not significant ({row['diff_best_top1']:+.2f}); "
+        if abs(row["diff_best_top1"]) < row["detectable_diff"]:
+            said += (
+                f"a difference under {row['detectable_diff']:.2f} points could not have been "
+                f"seen with {row['n']} seeds"
+            )
+        else:  # Holm's step-down stopped at a row before it
+            said += (
+                f"large enough at its own step (raw p {_p_value(row['p_value'])}), but Holm's "
+                "correction stops at the first row that is not significant"
+            )
+        lines.append(said)
+    if not lines:
+        return ""
+    heading = "What the rows without a significant difference could not show:"
+    return heading + "\n\n" + "\n".join(lines) + "\n"
 
 
 def notes_text(table: pd.DataFrame) -> str:
