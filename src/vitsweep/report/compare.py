@@ -139,7 +139,8 @@ def check_shared_rows(runs: pd.DataFrame, keys: list[str]) -> None:
                     f"row {label!r} ran seed {', '.join(map(str, map(int, both)))} in both "
                     f"{a} and {b}: one row only takes distinct seeds"
                 )
-            one, two = (_compared(g["config"].iloc[0]) for g in (first, other))
+            # the first run that recorded its config (a job lost before it started has none)
+            one, two = (_compared(next((c for c in g["config"] if c), {})) for g in (first, other))
             if changed := differences(one, two):
                 raise ConfigError(
                     f"row {label!r} is in {a} and {b} but its runs differ in {changed[0]}: "
