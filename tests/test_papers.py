@@ -1,6 +1,7 @@
 """Tables for papers: p-values corrected for the rows compared, what a non-significant row
 could not have shown, comparison.tex compiled, and sweeps compared without training."""
 
+import json
 import math
 import shutil
 
@@ -157,7 +158,7 @@ def test_a_table_that_does_not_compile_is_one_line(tmp_path):
 # --- report.py --compare: sweeps of hand-made records, compared without training --------------
 
 
-def _sweep(root, name, rows, seeds, lr=0.001, fingerprint="abc"):
+def _sweep(root, name, rows, seeds, lr=0.001, fingerprint="abc", subset=64):
     """A sweep's directory of completed jobs, and its results folder (report.py's)."""
     from report import main as report_main
 
@@ -168,10 +169,11 @@ def _sweep(root, name, rows, seeds, lr=0.001, fingerprint="abc"):
                 "seed": seed,
                 "sweep_name": name,
                 "choices": {"attention": attention, "embedding": "patch"},
-                "data": {"name": "digits", "subset": 64},
+                "data": {"name": "digits", "subset": subset},
                 "trainer": {"epochs": 2},
                 "optim": {"lr": lr},
-                "overrides": [f"attention={attention}", f"seed={seed}"],
+                "overrides": [f"attention={attention}", f"seed={seed}"]
+                + ([f"data.subset={subset}"] if subset != 64 else []),
             }
             summary = {
                 "status": "completed",
@@ -225,3 +227,21 @@ def test_sweeps_on_other_data_or_with_another_recipe_are_refused(tmp_path, capsy
         err = capsys.readouterr().err.strip()
         assert why in err and len(err.splitlines()) == 1
     assert not (tmp_path / "results" / "grid+other_lr").exists()  # nothing written
+
+
+def test_compare_takes_a_failed_seed_run_again_and_rows_over_other_subsets(tmp_path):
+    from report import main as report_main
+
+    grid = _sweep(tmp_path, "grid", {"softmax": 0.70, "linear": 0.68}, [0, 1, 2])
+    failed = tmp_path / "multirun" / "grid" / "0" / "summary.json"  # softmax, seed 0
+    failed.write_text(json.dumps({"status": "failed", "error": "a bug"}))
+    assert (
+        report_main([str(tmp_path / "multirun/grid"), "--results", str(tmp_path / "results")]) == 0
+    )
+    again = _sweep(tmp_path, "again", {"softmax": 0.70}, [0])
+    bigger = _sweep(tmp_path, "bigger", {"performer": 0.7}, [0, 1], fingerprint="def", subset=128)
+    results = ["--results", str(tmp_path / "results")]
+    assert report_main(["--compare", str(grid), str(again), str(bigger), *results]) == 0
+    table = pd.read_csv(tmp_path / "results/grid+again+bigger/comparison.csv").set_index("label")
+    assert table.loc["attention=softmax data.subset=64", "n"] == 3  # seed 0 from "again"
+    assert "attention=performer data.subset=128" in table.index

@@ -20,6 +20,7 @@ import yaml
 
 from vitsweep.errors import ConfigError
 from vitsweep.record.resume import differences
+from vitsweep.record.summary import FINISHED
 from vitsweep.report.aggregate import label_runs, varying_overrides
 from vitsweep.report.columns import from_config
 from vitsweep.report.manifest import without_keys
@@ -47,7 +48,7 @@ class Part:
 
     @property
     def name(self) -> str:
-        return str(self.manifest.get("sweep") or self.results.name)
+        return self.results.name  # the sweep's name, unless report.py --name chose another
 
 
 def read_part(results: Path) -> Part:
@@ -71,7 +72,7 @@ def read_part(results: Path) -> Part:
             f"python src/report.py {source}"
         )
     runs, curves = load_sweep(source)
-    sweep = str(found.get("sweep") or results.name)
+    sweep = results.name
     runs = runs.assign(run=sweep + "/" + runs["run"].astype(str), sweep_name=sweep)
     if len(curves):
         curves = curves.assign(run=sweep + "/" + curves["run"].astype(str))
@@ -79,16 +80,19 @@ def read_part(results: Path) -> Part:
 
 
 def check_same_data_and_recipe(parts: list[Part], keys: list[str]) -> None:
-    """Refuse, naming the first field that differs, sweeps on other data or another recipe
-    (the ``keys`` the rows vary left out)."""
+    """Refuse, naming the first field that differs, sweeps on other data (runs with the same
+    data settings and another fingerprint) or another recipe (the ``keys`` the rows vary left
+    out)."""
     first, *others = parts
     for other in others:
-        if sorted(first.manifest.get("data") or []) != sorted(other.manifest.get("data") or []):
-            raise ConfigError(
-                f"{first.results} and {other.results} were trained on other data (data "
-                f"fingerprints {', '.join(first.manifest.get('data') or ['none'])} and "
-                f"{', '.join(other.manifest.get('data') or ['none'])}): not comparable"
-            )
+        mine, theirs = fingerprints(first), fingerprints(other)
+        for data in mine.keys() & theirs.keys():
+            if mine[data] != theirs[data]:
+                raise ConfigError(
+                    f"{first.results} and {other.results} were trained on other data (data "
+                    f"fingerprints {', '.join(sorted(mine[data]))} and "
+                    f"{', '.join(sorted(theirs[data]))}): not comparable"
+                )
     varied = [*keys, "seed"]
     for other in others:
         a, b = (without_keys(p.manifest["recipe"] or {}, varied) for p in (first, other))
@@ -99,16 +103,31 @@ def check_same_data_and_recipe(parts: list[Part], keys: list[str]) -> None:
             )
 
 
+def fingerprints(part: Part) -> dict[str, set[str]]:
+    """A sweep's data fingerprints by the data settings that gave them (a sweep over
+    ``data.subset`` has one per subset)."""
+    found: dict[str, set[str]] = {}
+    for recipe, fingerprint in zip(part.runs["settings"], part.runs["data_fingerprint"]):
+        if isinstance(recipe, dict) and isinstance(fingerprint, str):
+            data = json.dumps(recipe.get("data"), sort_keys=True, default=str)
+            found.setdefault(data, set()).add(fingerprint)
+    return found
+
+
 def filled_overrides(runs: pd.DataFrame) -> pd.DataFrame:
     """Each run's value for every override key some run was given, read from its config where
-    it was not given (a sweep that did not vary ``embedding`` ran its default)."""
+    it was not given (a sweep that did not vary ``embedding`` ran its default); a job lost
+    before it recorded a config takes the value its sweep's other runs agree on."""
     runs = runs.copy()
     for column in [c for c in runs.columns if c.startswith("override:")]:
         key = column.removeprefix("override:").lstrip("+~")
         lacking = runs[column].isna()
-        runs.loc[lacking, column] = [
-            from_config(*path_of(key, config))(config, {}) for config in runs.loc[lacking, "config"]
-        ]
+        read = [from_config(*path_of(key, c))(c, {}) for c in runs.loc[lacking, "config"]]
+        runs.loc[lacking, column] = [None if v is None else str(v) for v in read]  # as typed
+        for sweep, group in runs[runs[column].isna()].groupby("sweep_name"):
+            known = runs.loc[(runs["sweep_name"] == sweep) & runs[column].notna(), column]
+            if known.nunique() == 1:
+                runs.loc[group.index, column] = known.iloc[0]
     return runs
 
 
@@ -133,7 +152,9 @@ def check_shared_rows(runs: pd.DataFrame, keys: list[str]) -> None:
             continue
         (a, first), *rest = by_sweep.items()
         for b, other in rest:
-            both = sorted(set(first["seed"].dropna()) & set(other["seed"].dropna()))
+            # a seed that failed in one sweep may be run again in the other
+            done = (set(g.loc[g["status"].isin(FINISHED), "seed"].dropna()) for g in (first, other))
+            both = sorted(set.intersection(*done))
             if both:
                 raise ConfigError(
                     f"row {label!r} ran seed {', '.join(map(str, map(int, both)))} in both "
@@ -188,6 +209,11 @@ def compare_sweeps(
 
     if len(folders) < 2 or len({f.resolve() for f in folders}) < len(folders):
         raise ConfigError("--compare takes two or more different results folders")
+    if len({f.name for f in folders}) < len(folders):
+        raise ConfigError(
+            "--compare: two results folders have one name, and a row names its sweep by "
+            "it; rebuild one under another (src/report.py SWEEP_DIR --name NAME)"
+        )
     parts = [read_part(folder) for folder in folders]
     runs = filled_overrides(pd.concat([with_configs(p) for p in parts], ignore_index=True))
     keys = row_keys(runs)

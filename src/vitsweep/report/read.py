@@ -18,6 +18,7 @@ import yaml
 from vitsweep.config import parse_overrides
 from vitsweep.errors import a_few
 from vitsweep.files import lock_is_held
+from vitsweep.record.summary import FINISHED
 from vitsweep.report.columns import columns, is_number_or_none
 from vitsweep.settings import check_sweep_name, compared_on_resume
 from vitsweep.slurm import FATE, live_fate, merge_fate, read_fate
@@ -161,7 +162,8 @@ def read_job(job: Path, run_id: str) -> dict[str, Any]:
         summary = summary | {"status": "stopped", "error": stale}
     fate = read_fate(job)
     if fate is not None and not problems:
-        fate = live_fate(fate)  # a job not over when its slurm.json was written: as it is now
+        if summary.get("status") not in FINISHED:  # one not over when it was written: as now
+            fate = live_fate(fate)
         summary = merge_fate(summary, fate)
         config = config or never_started(fate.get("overrides"))
     overrides = config.get("overrides")
