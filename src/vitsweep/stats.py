@@ -105,31 +105,31 @@ CORRECTIONS = ("holm", "bonferroni", "none")
 
 def adjust(p_values: Sequence[float], method: str) -> list[float]:
     """The p-values adjusted for their number (nan, a comparison that had no test, is kept and
-    not counted): Holm's step-down, Bonferroni's single step, or ``none``. Both are the
-    textbook definitions, checked against statsmodels' ``multipletests`` in the tests."""
+    not counted): each p scaled by what its level asks of it (``levels`` at alpha 1: m for
+    Bonferroni, m - k + 1 for Holm's k-th smallest) and never below the one before it, which
+    is Holm's step-down. Checked against statsmodels' ``multipletests`` in the tests."""
     if method not in CORRECTIONS:
         raise ValueError(f"unknown correction {method!r}: one of {', '.join(CORRECTIONS)}")
-    tested = [i for i, p in enumerate(p_values) if not math.isnan(p)]
-    m = len(tested)
-    adjusted = list(map(float, p_values))
-    if method == "bonferroni":
-        for i in tested:
-            adjusted[i] = min(1.0, m * p_values[i])
-    elif method == "holm":  # the k-th smallest times (m - k), never below the one before it
-        running = 0.0
-        for rank, i in enumerate(sorted(tested, key=lambda i: p_values[i])):
-            running = max(running, min(1.0, (m - rank) * p_values[i]))
-            adjusted[i] = running
+    scale = levels(p_values, 1.0, method)
+    adjusted, running = list(map(float, p_values)), 0.0
+    for i in tested_in_order(p_values):
+        running = max(running, min(1.0, p_values[i] / scale[i]))
+        adjusted[i] = running
     return adjusted
+
+
+def tested_in_order(p_values: Sequence[float]) -> list[int]:
+    """The positions of the comparisons that were tested, smallest p first."""
+    return sorted(
+        (i for i, p in enumerate(p_values) if not math.isnan(p)), key=p_values.__getitem__
+    )
 
 
 def levels(p_values: Sequence[float], alpha: float, method: str) -> list[float]:
     """The significance level each comparison is tested at under a correction (nan where no
     test was made): ``alpha`` with none, ``alpha / m`` with Bonferroni, and with Holm
     ``alpha / (m - k + 1)`` for the comparison with the k-th smallest p-value."""
-    tested = sorted(
-        (i for i, p in enumerate(p_values) if not math.isnan(p)), key=p_values.__getitem__
-    )
+    tested = tested_in_order(p_values)
     m = len(tested)
     found = [math.nan] * len(p_values)
     for rank, i in enumerate(tested):
