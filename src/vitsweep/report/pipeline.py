@@ -71,9 +71,7 @@ def write_report(
     table.attrs["headline"] = to_markdown(table, keys, headline=True)
     title = f"# Sweep {out_dir.name}\n\nFrom {source} ({len(runs)} jobs).\n"
     write_atomic(out_dir / "comparison.md", comparison_text(title, runs, curves, table, sweep))
-    structured = ["per_seed", "overrides", "confusion", "classes", "per_class_top1", "settings"]
-    kept = table.drop(columns=structured)
-    write_atomic(out_dir / "comparison.csv", kept.to_csv(index=False))
+    write_atomic(out_dir / "comparison.csv", numbers_of(table).to_csv(index=False))
     write_atomic(out_dir / "comparison.tex", to_latex(table, runs, sweep.get("command")))
     if not (classes := per_class(runs, table)).empty:  # every class, however many
         write_atomic(out_dir / "per_class.csv", classes.rename_axis("row").to_csv())
@@ -83,7 +81,13 @@ def write_report(
     return table
 
 
+STRUCTURED = ("per_seed", "overrides", "confusion", "classes", "per_class_top1", "settings")
 PLOTS = ("accuracy", "latency", "pareto", "confusion", "data_efficiency")
+
+
+def numbers_of(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as comparison.csv holds it: every column but the structured ones."""
+    return table.drop(columns=list(STRUCTURED))
 
 
 def tracker_report(table: pd.DataFrame, out_dir: Path, group: str) -> Report:
@@ -92,7 +96,7 @@ def tracker_report(table: pd.DataFrame, out_dir: Path, group: str) -> Report:
     import pandas as pd
 
     shown = pd.DataFrame(table_cells(table, list(table.attrs["keys"]), headline=True))
-    numbers = pd.read_csv(out_dir / "comparison.csv")
+    numbers = numbers_of(table)
     numbers = numbers.astype(object).where(numbers.notna(), None)  # W&B cells: null, not NaN
     images = {name: out_dir / f"{name}.png" for name in PLOTS}
     return Report(
