@@ -99,7 +99,12 @@ def compare(args: argparse.Namespace) -> int:
         return exit_code_of(
             ReportError(f"the table could not be built: {type(err).__name__}: {err}")
         )
-    print(f"{table.attrs['headline']}\nComparison of {len(args.compare)} sweeps in {out_dir}/")
+    return shown(table, f"Comparison of {len(args.compare)} sweeps in {out_dir}/")
+
+
+def shown(table: Any, line: str) -> int:
+    """The headline and ``line`` printed, the notes beside them; exit 0."""
+    print(f"{table.attrs['headline']}\n{line}")
     for note in table.attrs["notes"]:
         print(f"note: {note}", file=sys.stderr)
     return 0
@@ -162,10 +167,7 @@ def rebuild(args: argparse.Namespace) -> int:
         table = build_table(runs, curves, out_dir, source, args)
     except (ConfigError, ReportError) as err:
         return exit_code_of(err)
-    print(f"{table.attrs['headline']}\nComparison of {len(runs)} runs in {out_dir}/")
-    for note in table.attrs["notes"]:
-        print(f"note: {note}", file=sys.stderr)
-    return 0
+    return shown(table, f"Comparison of {len(runs)} runs in {out_dir}/")
 
 
 def main(argv: list[str] | None = None) -> int:
